@@ -1,0 +1,229 @@
+"""The job spec: YAML validated into typed pydantic models (DESIGN section 3).
+
+A spec is read from a YAML file with OmegaConf, dotted ``key=value`` overrides from the
+command line are merged in (OmegaConf's dotlist), and the result is validated by
+pydantic. Every model forbids unknown keys, so a typo fails with a message naming the
+key. The reference page for every key is ``docs/job-spec.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SpecError(ValueError):
+    """A job spec that cannot be used; the message names the key and what to fix."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SourceSpec(_Model):
+    """Where problems come from: a local file (``path``) or a ``datasets`` name."""
+
+    path: str | None = None
+    dataset: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    adapter: Literal["gsm8k", "math", "olympiadbench", "generic"] = "generic"
+    columns: dict[str, str] = Field(default_factory=dict)
+    limit: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_of_path_or_dataset(self) -> "SourceSpec":
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError("give exactly one of source.path (a local file) or source.dataset (a datasets name)")
+        return self
+
+
+class BackendSpec(_Model):
+    """Which engine serves the model (DESIGN section 5)."""
+
+    kind: Literal["vllm", "openai", "transformers", "fake"] = "vllm"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    continuation: Literal["server", "completions"] = "server"
+    max_model_len: int | None = Field(default=None, ge=16)
+    concurrency: int = Field(default=64, ge=1)
+    script: str = "demo"
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class SamplingSpec(_Model):
+    """Sampling parameters shared by every stage (paper's released code, digest 5.1)."""
+
+    temperature: float = Field(default=0.7, ge=0.0)
+    top_p: float = Field(default=0.8, gt=0.0, le=1.0)
+    top_k: int = 20
+    max_tokens: int = Field(default=16384, ge=1)
+
+
+class ProposerSpec(_Model):
+    """An optional separate proposer model/backend; defaults to the policy's."""
+
+    model: str | None = None
+    backend: BackendSpec | None = None
+
+
+class RolloutSpec(_Model):
+    k: int = Field(default=4, ge=1)
+
+
+class ProposeSpec(_Model):
+    m: int = Field(default=4, ge=1)
+    prompt: str = "prompts/int-propose.yaml"
+
+
+class CheckSpec(_Model):
+    r: int = Field(default=32, ge=1)
+    early_stop: bool = False
+
+
+class AcceptSpec(_Model):
+    min_correct: int = Field(default=1, ge=1)
+
+
+class BaselineSpec(_Model):
+    for_: Literal["accepted", "all", "none"] = Field(default="accepted", alias="for")
+
+
+class SelectSpec(_Model):
+    per_rollout: Literal["best", "all", "first"] = "best"
+
+
+class JobSpec(_Model):
+    """A whole job (DESIGN section 3). ``faithful: true`` applies the paper's choices."""
+
+    name: str = "run"
+    seed: int = 0
+    limit: int | None = Field(default=None, ge=1)
+    source: SourceSpec | list[SourceSpec]
+    model: str = "smollm2-135m-instruct"
+    backend: BackendSpec = Field(default_factory=BackendSpec)
+    proposer: ProposerSpec = Field(default_factory=ProposerSpec)
+    system_prompt: str | None = None
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    propose: ProposeSpec = Field(default_factory=ProposeSpec)
+    check: CheckSpec = Field(default_factory=CheckSpec)
+    accept: AcceptSpec = Field(default_factory=AcceptSpec)
+    baseline: BaselineSpec = Field(default_factory=BaselineSpec)
+    select: SelectSpec = Field(default_factory=SelectSpec)
+    faithful: bool = False
+
+    @model_validator(mode="after")
+    def _faithful_preset(self) -> "JobSpec":
+        """The faithful preset: the paper's released code where intgen differs.
+
+        Source: digest sections 2.5 and 9 (first parsed candidate per attempt, raw
+        substring leak test, doubled newlines, no early stop). A spec that sets
+        ``faithful: true`` and explicitly asks for a conflicting choice is an error.
+        """
+        if not self.faithful:
+            return self
+        if "per_rollout" in self.select.model_fields_set and self.select.per_rollout != "first":
+            raise ValueError("select.per_rollout: the faithful preset keeps the first parsed candidate; drop the key or set faithful: false")
+        if self.check.early_stop:
+            raise ValueError("check.early_stop: the faithful preset draws all r continuations; drop the key or set faithful: false")
+        self.select.per_rollout = "first"
+        return self
+
+    @property
+    def sources(self) -> list[SourceSpec]:
+        return self.source if isinstance(self.source, list) else [self.source]
+
+    @property
+    def proposer_model(self) -> str:
+        return self.proposer.model or self.model
+
+    @property
+    def proposer_backend(self) -> BackendSpec:
+        return self.proposer.backend or self.backend
+
+    def resolved(self) -> dict[str, Any]:
+        """The spec with every default filled in, as plain data (``job.yaml``)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def fingerprint(self) -> str:
+        """sha256 of the resolved spec's canonical JSON: identifies what the run computes."""
+        blob = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-after", "list[", "SourceSpec")))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key or '(spec)'}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {key}: {msg}")
+    return "invalid job spec:\n" + "\n".join(lines)
+
+
+def load_spec(path: str | Path | None, overrides: list[str] | None = None, data: dict | None = None) -> JobSpec:
+    """Read a YAML job spec, merge dotted ``key=value`` overrides, and validate it.
+
+    Args:
+        path: the YAML file (or None when ``data`` is given).
+        overrides: e.g. ``["check.r=8", "backend.kind=fake"]`` (OmegaConf dotlist syntax).
+        data: a spec as a dict, instead of a file.
+
+    Returns:
+        The validated :class:`JobSpec`.
+
+    Raises:
+        FileNotFoundError: the YAML file does not exist.
+        SpecError: bad YAML, a malformed override, an unknown key or a wrong type; the
+            message names every offending key.
+    """
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"job spec not found: {p} (give the path of a YAML file, e.g. pipelines/demo.yaml)")
+        try:
+            base = OmegaConf.load(p)
+        except Exception as e:  # yaml errors come in several types
+            raise SpecError(f"{p}: not valid YAML: {e}") from e
+    else:
+        base = OmegaConf.create(data or {})
+    for item in overrides or []:
+        if "=" not in item:
+            raise SpecError(f"override {item!r}: expected key=value, e.g. check.r=8")
+    try:
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides or [])))
+        raw = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as e:
+        raise SpecError(f"cannot apply overrides {overrides}: {e}") from e
+    if not isinstance(raw, dict):
+        raise SpecError("a job spec is a YAML mapping of keys to values")
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(_format_validation_error(e)) from None
+
+
+def resolve_path(value: str, spec_dir: Path | None, what: str) -> Path:
+    """Find a path named in a spec: as given (absolute or from the working directory),
+    then relative to the spec file's folder, then relative to the intgen checkout.
+
+    Raises:
+        FileNotFoundError: none exists; the message lists where it looked and names ``what``.
+    """
+    p = Path(value).expanduser()
+    candidates = [p] if p.is_absolute() else [Path.cwd() / p] + ([spec_dir / p] if spec_dir else []) + [REPO_ROOT / p]
+    for c in candidates:
+        if c.exists():
+            return c.resolve()
+    looked = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"{what}: {value} not found (looked in {looked})")

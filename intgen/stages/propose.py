@@ -1,0 +1,80 @@
+"""Propose stage: for each failed rollout, the proposer localizes the first critical error
+against the reference solution and proposes one replacement step, m samples per trace
+(DESIGN section 1; paper section 3, Algorithm 1; digest 2.4-2.5)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from intgen import interventions
+from intgen.backends.base import Completion, Request, Sampling, sample_seed
+from intgen.prompts import ProposerPrompt
+from intgen.sources import Problem
+from intgen.steps import numbered_attempt, split_steps
+
+
+def solve_request(problem: Problem, rollout: dict, prompt: ProposerPrompt, sampling: Sampling, run_seed: int) -> Request:
+    """Message (1) of the proposer chat, sent first: the model solves the problem guided by
+    the reference solution; its answer becomes message (2). One per failed rollout."""
+    rid = f"{rollout['rollout_id']}/solve"
+    text = prompt.render_solve(problem=problem.problem, reference_solution=problem.reference_solution,
+                               gold_answer=problem.gold_answer)
+    return Request(rid, ({"role": "user", "content": text},), sampling, sample_seed(run_seed, rid),
+                   meta={"stage": "solve", "problem_id": problem.problem_id, "gold_answer": problem.gold_answer})
+
+
+def critique_messages(problem: Problem, rollout: dict, prompt: ProposerPrompt, solve_output: str | None,
+                      fits: Callable[[tuple[dict, ...]], bool] | None) -> tuple[tuple[dict, ...], bool] | None:
+    """The whole proposer chat for one failed rollout, with the numbered attempt shortened
+    (never the rendered prompt cut) when it would not fit. Returns (messages, shortened),
+    or None when even the shortest attempt does not fit."""
+    steps = split_steps(rollout["text"])
+    head: list[dict] = []
+    if prompt.solve is not None:
+        head = [{"role": "user", "content": prompt.render_solve(problem=problem.problem,
+                 reference_solution=problem.reference_solution, gold_answer=problem.gold_answer)},
+                {"role": "assistant", "content": solve_output or ""}]
+
+    def chat(attempt: str) -> tuple[dict, ...]:
+        critique = prompt.render_critique(problem=problem.problem, reference_solution=problem.reference_solution,
+                                          gold_answer=problem.gold_answer, attempt=attempt, num_steps=len(steps))
+        return tuple(head + [{"role": "user", "content": critique}])
+
+    shaped = numbered_attempt(steps, None if fits is None else (lambda attempt: fits(chat(attempt))))
+    if shaped is None:
+        return None
+    return chat(shaped[0]), shaped[1]
+
+
+def candidate_requests(problem: Problem, rollout: dict, messages: tuple[dict, ...], m: int, sampling: Sampling,
+                       run_seed: int) -> list[Request]:
+    """m proposer samples, ids ``{rollout_id}/candidate-{i}`` for i in 0..m-1."""
+    out = []
+    for i in range(m):
+        cid = f"{rollout['rollout_id']}/candidate-{i}"
+        out.append(Request(cid, messages, sampling, sample_seed(run_seed, cid),
+                           meta={"stage": "propose", "problem_id": problem.problem_id, "gold_answer": problem.gold_answer,
+                                 "rollout_id": rollout["rollout_id"], "candidate_index": i}))
+    return out
+
+
+def to_candidate(request: Request, completion: Completion, rollout: dict, gold: str, solve_output: str | None,
+                 shortened: bool, faithful: bool) -> dict[str, Any]:
+    """One ``candidates.parquet`` row: the raw output, its parse status (``ok`` or the
+    reason it is not usable, the leak rule included) and what was parsed."""
+    num_steps = len(split_steps(rollout["text"]))
+    if completion.finish_reason == "error":
+        parsed = interventions.ParsedIntervention("request_failed", detail=completion.error or "")
+    else:
+        parsed = interventions.parse_intervention(completion.text, num_steps)
+        if parsed.status == interventions.OK and interventions.leaks_answer(parsed.content, gold, faithful=faithful):
+            parsed = interventions.ParsedIntervention(interventions.LEAK, parsed.content, parsed.location,
+                                                      f"the intervention gives away the gold answer {gold!r}")
+    return {
+        "candidate_id": request.id, "rollout_id": rollout["rollout_id"], "problem_id": rollout["problem_id"],
+        "rollout_index": rollout["rollout_index"], "candidate_index": request.meta["candidate_index"],
+        "seed": request.seed, "solve_output": solve_output, "raw_output": completion.text,
+        "finish_reason": completion.finish_reason, "parse_status": parsed.status, "parse_detail": parsed.detail,
+        "location": parsed.location, "intervention": parsed.content, "attempt_shortened": shortened,
+        "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+    }
