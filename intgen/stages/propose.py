@@ -25,9 +25,11 @@ def solve_request(problem: Problem, rollout: dict, prompt: ProposerPrompt, sampl
 
 def critique_messages(problem: Problem, rollout: dict, prompt: ProposerPrompt, solve_output: str | None,
                       fits: Callable[[tuple[dict, ...]], bool] | None) -> tuple[tuple[dict, ...], bool] | None:
-    """The whole proposer chat for one failed rollout, with the numbered attempt shortened
-    (never the rendered prompt cut) when it would not fit. Returns (messages, shortened),
-    or None when even the shortest attempt does not fit."""
+    """The whole proposer chat for one failed rollout: the solve turn and its answer (when
+    the prompt has ``solve``), worked examples, the critique, and an open assistant turn
+    holding ``response_prefix`` (when set). The numbered attempt is shortened (never the
+    rendered prompt cut) when it would not fit. Returns (messages, shortened), or None
+    when even the shortest attempt does not fit."""
     steps = split_steps(rollout["text"])
     head: list[dict] = []
     if prompt.solve is not None:
@@ -35,10 +37,14 @@ def critique_messages(problem: Problem, rollout: dict, prompt: ProposerPrompt, s
                  reference_solution=problem.reference_solution, gold_answer=problem.gold_answer)},
                 {"role": "assistant", "content": solve_output or ""}]
 
+    for values, response in prompt.examples:
+        head += [{"role": "user", "content": prompt.render_critique(**values)}, {"role": "assistant", "content": response}]
+    tail = [{"role": "assistant", "content": prompt.response_prefix}] if prompt.response_prefix else []
+
     def chat(attempt: str) -> tuple[dict, ...]:
         critique = prompt.render_critique(problem=problem.problem, reference_solution=problem.reference_solution,
                                           gold_answer=problem.gold_answer, attempt=attempt, num_steps=len(steps))
-        return tuple(head + [{"role": "user", "content": critique}])
+        return tuple(head + [{"role": "user", "content": critique}] + tail)
 
     shaped = numbered_attempt(steps, None if fits is None else (lambda attempt: fits(chat(attempt))))
     if shaped is None:
@@ -47,33 +53,36 @@ def critique_messages(problem: Problem, rollout: dict, prompt: ProposerPrompt, s
 
 
 def candidate_requests(problem: Problem, rollout: dict, messages: tuple[dict, ...], m: int, sampling: Sampling,
-                       run_seed: int) -> list[Request]:
-    """m proposer samples, ids ``{rollout_id}/candidate-{i}`` for i in 0..m-1."""
+                       run_seed: int, continue_final: bool = False) -> list[Request]:
+    """m proposer samples, ids ``{rollout_id}/candidate-{i}`` for i in 0..m-1;
+    ``continue_final`` when the chat ends in the prompt's ``response_prefix``."""
     out = []
     for i in range(m):
         cid = f"{rollout['rollout_id']}/candidate-{i}"
-        out.append(Request(cid, messages, sampling, sample_seed(run_seed, cid),
+        out.append(Request(cid, messages, sampling, sample_seed(run_seed, cid), continue_final=continue_final,
                            meta={"stage": "propose", "problem_id": problem.problem_id, "gold_answer": problem.gold_answer,
                                  "rollout_id": rollout["rollout_id"], "candidate_index": i}))
     return out
 
 
 def to_candidate(request: Request, completion: Completion, rollout: dict, gold: str, solve_output: str | None,
-                 shortened: bool, faithful: bool) -> dict[str, Any]:
-    """One ``candidates.parquet`` row: the raw output, its parse status (``ok`` or the
-    reason it is not usable, the leak rule included) and what was parsed."""
+                 shortened: bool, faithful: bool, response_prefix: str | None = None) -> dict[str, Any]:
+    """One ``candidates.parquet`` row: the raw output (``response_prefix`` + the model's
+    text), its parse status (``ok`` or the reason it is not usable, the leak rule
+    included) and what was parsed."""
     num_steps = len(split_steps(rollout["text"]))
+    raw = (response_prefix or "") + completion.text
     if completion.finish_reason == "error":
         parsed = interventions.ParsedIntervention("request_failed", detail=completion.error or "")
     else:
-        parsed = interventions.parse_intervention(completion.text, num_steps)
+        parsed = interventions.parse_intervention(raw, num_steps)
         if parsed.status == interventions.OK and interventions.leaks_answer(parsed.content, gold, faithful=faithful):
             parsed = interventions.ParsedIntervention(interventions.LEAK, parsed.content, parsed.location,
                                                       f"the intervention gives away the gold answer {gold!r}")
     return {
         "candidate_id": request.id, "rollout_id": rollout["rollout_id"], "problem_id": rollout["problem_id"],
         "rollout_index": rollout["rollout_index"], "candidate_index": request.meta["candidate_index"],
-        "seed": request.seed, "solve_output": solve_output, "raw_output": completion.text,
+        "seed": request.seed, "solve_output": solve_output, "raw_output": raw if completion.finish_reason != "error" else "",
         "finish_reason": completion.finish_reason, "parse_status": parsed.status, "parse_detail": parsed.detail,
         "location": parsed.location, "intervention": parsed.content, "attempt_shortened": shortened,
         "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,

