@@ -174,6 +174,7 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
     await run.policy.start()
     if run.proposer is not run.policy:
         await run.proposer.start()
+    manifest()  # again: a started backend describes its engine and chat template
 
     # -- rollout -------------------------------------------------------------------
     run.status["rollout"] = "running"
@@ -401,6 +402,41 @@ def _count(values: Iterable[str]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def _prepare(spec: JobSpec, out_dir: str | Path, backend: Backend | None,
+             proposer_backend: Backend | None) -> tuple[Path, Backend, Backend]:
+    check_model_name(spec.model)
+    check_model_name(spec.proposer_model)
+    out = Path(out_dir)
+    if (out / "manifest.json").exists():
+        raise FileExistsError(f"{out} already holds a run; choose another --out")
+    policy = backend or make_backend(spec.backend, spec.model)
+    if proposer_backend is not None:
+        proposer = proposer_backend
+    elif spec.proposer.backend is not None or spec.proposer.model not in (None, spec.model):
+        proposer = make_backend(spec.proposer_backend, spec.proposer_model)
+    else:
+        proposer = policy
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "job.yaml", "w", encoding="utf-8") as f:
+        yaml.safe_dump(spec.resolved(), f, sort_keys=False, allow_unicode=True)
+    return out, policy, proposer
+
+
+async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
+                        proposer_backend: Backend | None = None, progress: bool = True, close: bool = True) -> RunResult:
+    """:func:`run_job` inside a running event loop. With ``close=False`` the backends stay
+    open, so one engine can serve several jobs in one loop (the tests share one vLLM engine)."""
+    out, policy, proposer = _prepare(spec, out_dir, backend, proposer_backend)
+    run = _Run(spec, out, policy, proposer, progress)
+    try:
+        return await _run_async(run, spec, spec_dir)
+    finally:
+        if close:
+            await policy.close()
+            if proposer is not policy:
+                await proposer.close()
+
+
 def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
             proposer_backend: Backend | None = None, progress: bool = True) -> RunResult:
     """Run a whole job and write its run directory (DESIGN section 4).
@@ -419,29 +455,4 @@ def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, ba
         BackendError: the backend cannot be built, or cannot continue a turn for the check stage.
         FileExistsError: ``out_dir`` already holds a run.
     """
-    check_model_name(spec.model)
-    check_model_name(spec.proposer_model)
-    out = Path(out_dir)
-    if (out / "manifest.json").exists():
-        raise FileExistsError(f"{out} already holds a run; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    policy = backend or make_backend(spec.backend, spec.model)
-    if proposer_backend is not None:
-        proposer = proposer_backend
-    elif spec.proposer.backend is not None or spec.proposer.model not in (None, spec.model):
-        proposer = make_backend(spec.proposer_backend, spec.proposer_model)
-    else:
-        proposer = policy
-    with open(out / "job.yaml", "w", encoding="utf-8") as f:
-        yaml.safe_dump(spec.resolved(), f, sort_keys=False, allow_unicode=True)
-    run = _Run(spec, out, policy, proposer, progress)
-
-    async def main() -> RunResult:
-        try:
-            return await _run_async(run, spec, spec_dir)
-        finally:
-            await policy.close()
-            if proposer is not policy:
-                await proposer.close()
-
-    return asyncio.run(main())
+    return asyncio.run(run_job_async(spec, out_dir, spec_dir, backend, proposer_backend, progress))

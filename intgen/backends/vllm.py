@@ -44,8 +44,11 @@ class VLLMBackend(Backend):
         self.tokenizer = None
         self._aborted: set[str] = set()
         self._probe: str | None = None
+        self._dead: str | None = None
 
     async def start(self) -> None:
+        if self.engine is not None:  # already started (one engine may serve several jobs)
+            return
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
         from vllm.platforms import current_platform
@@ -62,6 +65,13 @@ class VLLMBackend(Backend):
             kwargs.update(dtype="bfloat16", enforce_eager=True)
         if self.spec.max_model_len:
             kwargs["max_model_len"] = self.spec.max_model_len
+        if current_platform.is_cpu():
+            # vLLM 0.32's CPU worker crashes ("CPU Generator does not use offset") when a
+            # seeded request's prefill is split across steps (chunked prefill discards the
+            # token sampled for the partial chunk and rewinds its generator). Per-sample
+            # seeds are not negotiable (DESIGN section 2), so prefills are scheduled whole.
+            budget = max(kwargs.get("max_model_len") or 8192, 8192)
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=budget)
         kwargs.update(self.spec.engine_args)
         try:
             self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
@@ -107,7 +117,11 @@ class VLLMBackend(Backend):
         tasks = [asyncio.create_task(self._generate(r, queue)) for r in requests]
         try:
             for _ in requests:
-                yield await queue.get()
+                completion = await queue.get()
+                if self._dead is not None:
+                    raise BackendError(f"the vLLM engine died ({self._dead}); the run stopped. See the engine's log above "
+                                       "for the root cause.")
+                yield completion
         finally:
             for t in tasks:
                 t.cancel()
@@ -132,6 +146,8 @@ class VLLMBackend(Backend):
         except asyncio.CancelledError:
             raise
         except Exception as e:  # one failed request never sinks the others
+            if type(e).__name__ == "EngineDeadError":
+                self._dead = f"{type(e).__name__}: {e}"
             if request.id in self._aborted:
                 queue.put_nowait(Completion(request.id, "", "abort"))
             else:

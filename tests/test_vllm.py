@@ -1,0 +1,96 @@
+"""The real pipeline on vLLM's CPU build with SmolLM2-135M-Instruct (issue 3).
+
+One engine for the whole test session (CI time): a single event loop starts it, runs
+the probes and the demo spec through it, and the tests assert on what was recorded.
+"""
+
+import asyncio
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed (./setup.sh installs vLLM's CPU build)")
+
+from intgen.backends.base import Request, Sampling  # noqa: E402
+from intgen.config import load_spec  # noqa: E402
+from intgen.runner import run_job_async  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def vllm_session(tmp_path_factory):
+    from intgen.backends.vllm import VLLMBackend
+
+    spec = load_spec(ROOT / "pipelines" / "demo.yaml", ["limit=3", "rollout.k=2", "propose.m=2", "check.r=3",
+                                                         "sampling.max_tokens=160"])
+    backend = VLLMBackend(spec.model, spec.backend)
+    out = tmp_path_factory.mktemp("vllm") / "run"
+    sampling = Sampling(temperature=0.7, top_p=0.8, top_k=20, max_tokens=48)
+    msgs = ({"role": "user", "content": "What is 2 + 3? Answer briefly."},)
+    probes = [Request("same-a", msgs, sampling, seed=1234), Request("same-b", msgs, sampling, seed=1234),
+              Request("other", msgs, sampling, seed=999)]
+    cont = ({"role": "user", "content": "Count to five."}, {"role": "assistant", "content": "One, two,"})
+    probes.append(Request("continue", cont, sampling, seed=7, continue_final=True))
+
+    async def main():
+        await backend.start()
+        try:
+            answers = {c.request_id: c async for c in backend.stream(probes)}
+            rendered = backend.tokenizer.decode(backend.render(cont, continue_final=True))
+            result = await run_job_async(spec, out, spec_dir=ROOT / "pipelines", backend=backend, progress=False,
+                                         close=False)
+            return answers, rendered, result
+        finally:
+            await backend.close()
+
+    answers, rendered, result = asyncio.run(main())
+    return {"answers": answers, "rendered": rendered, "result": result, "out": out}
+
+
+def test_same_seed_same_text_and_different_seeds_differ(vllm_session):
+    a = vllm_session["answers"]
+    assert a["same-a"].text and a["same-a"].finish_reason in ("stop", "length")
+    assert a["same-a"].text == a["same-b"].text
+    assert a["other"].text != a["same-a"].text
+
+
+def test_continuation_leaves_the_assistant_turn_open(vllm_session):
+    rendered = vllm_session["rendered"]
+    assert rendered.endswith("<|im_start|>assistant\nOne, two,")
+    assert vllm_session["answers"]["continue"].completion_tokens > 0
+
+
+def test_demo_spec_end_to_end_on_the_real_model(vllm_session):
+    out = vllm_session["out"]
+    funnel = vllm_session["result"].funnel
+    assert funnel["problems"] == 3 and funnel["rollouts"] == 6
+    rollouts = {r["rollout_id"]: r for r in pq.read_table(out / "rollouts.parquet").to_pylist()}
+    assert len(rollouts) == 6 and all(r["completion_tokens"] > 0 for r in rollouts.values())
+    # two rollouts of one problem differ
+    texts = [r["text"] for r in rollouts.values() if r["problem_id"] == "gsm8k/test.jsonl#1"]
+    assert len(texts) == 2 and texts[0] != texts[1]
+    cands = pq.read_table(out / "candidates.parquet").to_pylist()
+    assert funnel["failed_rollouts"] >= 1 and len(cands) == 2 * funnel["failed_rollouts"]
+    for c in cands:
+        assert rollouts[c["rollout_id"]]["failed"]
+        assert c["raw_output"].startswith('<intervention>{"content": "')
+    conts = pq.read_table(out / "continuations.parquet").to_pylist()
+    parsed_ok = [c for c in cands if c["parse_status"] == "ok"]
+    assert parsed_ok, "the compact prompt should get at least one parsed candidate from SmolLM2"
+    checks = [c for c in conts if c["kind"] == "check"]
+    assert len(checks) == 3 * len(parsed_ok)
+    assert all(c["completion_tokens"] > 0 for c in checks)
+    inter = {r["candidate_id"]: r for r in pq.read_table(out / "interventions.parquet").to_pylist()}
+    for c in parsed_ok:
+        row = inter[c["candidate_id"]]
+        assert row["check_samples"] == 3
+        assert row["check_correct"] == sum(x["verdict"] == "correct" for x in checks if x["candidate_id"] == c["candidate_id"])
+        assert row["accepted"] == (row["check_correct"] >= 1)
+    stats = json.loads((out / "stats.json").read_text())
+    # prefix caching on the CPU build: continuations of one candidate share their prefix
+    assert stats["tokens"]["check"]["cached_tokens"] > 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "You are a helpful AI assistant named SmolLM" in manifest["backends"]["policy"]["template_wraps_user_message_as"]
