@@ -198,13 +198,19 @@ def load_spec(path: str | Path | None, overrides: list[str] | None = None, data:
     else:
         base = OmegaConf.create(data or {})
     for item in overrides or []:
-        if "=" not in item:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
             raise SpecError(f"override {item!r}: expected key=value, e.g. check.r=8")
+        try:
+            # OmegaConf's dotlist grammar types the value; update() follows list indices (source.0.path)
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
+            OmegaConf.update(base, key.strip(), parsed, merge=True, force_add=True)
+        except (OmegaConfBaseException, TypeError, ValueError, IndexError, KeyError) as e:
+            raise SpecError(f"override {item!r}: cannot apply it to the spec ({type(e).__name__}: {e})") from e
     try:
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides or [])))
-        raw = OmegaConf.to_container(merged, resolve=True)
+        raw = OmegaConf.to_container(base, resolve=True)
     except OmegaConfBaseException as e:
-        raise SpecError(f"cannot apply overrides {overrides}: {e}") from e
+        raise SpecError(f"the spec cannot be resolved: {e}") from e
     if not isinstance(raw, dict):
         raise SpecError("a job spec is a YAML mapping of keys to values")
     try:

@@ -21,6 +21,8 @@ from intgen.config import BackendSpec
 from intgen.models import materialize
 
 _PROBE = "PROBE-MESSAGE"
+# vLLM logs every engine detail at INFO; keep a run's output to intgen's progress bars
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
 class VLLMBackend(Backend):
