@@ -25,7 +25,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-__all__ = ["Problem", "Reject", "RecordError", "ADAPTERS", "last_boxed", "load_source"]
+from intgen.grading import extract_boxed
+
+__all__ = ["Problem", "Reject", "RecordError", "ADAPTERS", "load_source"]
 
 
 @dataclass(frozen=True)
@@ -83,41 +85,6 @@ class RecordError(ValueError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def last_boxed(text: str) -> str | None:
-    r"""Return the content of the last ``\boxed{...}`` or ``\fbox{...}`` in ``text``, or ``None``.
-
-    Braces are matched, so nesting works (``\boxed{\frac{1}{2}}`` -> ``\frac{1}{2}``); escaped
-    braces ``\{`` ``\}`` are content, not structure. The brace-less form ``\boxed 9`` (a few MATH
-    train solutions) gives the text up to the next ``$``. Returns ``None`` when there is no box or
-    the last one is not closed. This is the final-answer convention of MATH (Hendrycks et al.
-    2021, whose ``last_boxed_only_string`` takes the last ``\boxed``/``\fbox`` the same way).
-    """
-    matches = list(re.finditer(r"\\(?:boxed|fbox)(?![A-Za-z])\s*", text))
-    if not matches:
-        return None
-    m = matches[-1]
-    start = m.end()
-    if not text.startswith("{", start):
-        if not m.group()[-1].isspace():
-            return None  # no "{" and no space after \boxed: nothing we can read
-        return text[start:].split("$")[0].strip() or None
-    start += 1
-    depth, i = 1, start
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2  # skip the escaped character (\{, \}, \\)
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i]
-        i += 1
-    return None
 
 
 def _text(rec: dict, col: str, *, required: bool = True) -> str | None:
@@ -187,12 +154,12 @@ def _math(rec: dict, cols: dict) -> tuple[str, str, str]:
     r"""MATH (Hendrycks et al. 2021) and MATH-500 (PRM800K, Lightman et al. 2023): ``problem``,
     ``solution``; gold = the ``answer`` field when present and non-empty (MATH-500's curated
     answer), else the content of the last ``\boxed{...}``/``\fbox{...}`` of the solution
-    (:func:`last_boxed`); neither -> ``missing_gold_answer``."""
+    (:func:`intgen.grading.extract_boxed`, the same rule the grader uses); neither -> ``missing_gold_answer``."""
     problem = _text(rec, cols["problem"])
     solution = _text(rec, cols["reference_solution"])
     gold = (_text(rec, cols["gold_answer"], required=False) or "").strip()
     if not gold:
-        gold = (last_boxed(solution) or "").strip()
+        gold = (extract_boxed(solution) or "").strip()
         if not gold:
             raise RecordError(
                 "missing_gold_answer",

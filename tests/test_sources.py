@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from intgen.sources import Problem, Reject, last_boxed, load_source
+from intgen.grading import extract_boxed as last_boxed
+from intgen.sources import Problem, Reject, load_source
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
