@@ -97,6 +97,13 @@ class BaselineSpec(_Model):
     for_: Literal["accepted", "all", "none"] = Field(default="accepted", alias="for")
 
 
+class GradingSpec(_Model):
+    """The grading pool (DESIGN section 6)."""
+
+    workers: int | None = Field(default=None, ge=1)
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
 class SelectSpec(_Model):
     per_rollout: Literal["best", "all", "first"] = "best"
 
@@ -119,6 +126,7 @@ class JobSpec(_Model):
     accept: AcceptSpec = Field(default_factory=AcceptSpec)
     baseline: BaselineSpec = Field(default_factory=BaselineSpec)
     select: SelectSpec = Field(default_factory=SelectSpec)
+    grading: GradingSpec = Field(default_factory=GradingSpec)
     faithful: bool = False
 
     @model_validator(mode="after")

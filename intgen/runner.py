@@ -16,13 +16,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 import yaml
 from tqdm.auto import tqdm
 
 import intgen
 from intgen import grading, tables
+from intgen.grading_pool import GradingPool
 from intgen.backends import Backend, BackendError, Completion, Request, Sampling, make_backend
 from intgen.config import JobSpec, resolve_path
 from intgen.models import check_model_name
@@ -62,6 +63,7 @@ class _Run:
     policy: Backend
     proposer: Backend
     progress: bool
+    grader: GradingPool
     rejects: list[dict] = field(default_factory=list)
     tokens: dict[str, _StageTokens] = field(default_factory=lambda: defaultdict(_StageTokens))
     status: dict[str, str] = field(default_factory=lambda: {s: "pending" for s in STAGES})
@@ -87,11 +89,17 @@ class _Run:
             out.append(req)
         return out
 
+    async def grade(self, request: Request, completion: Completion) -> grading.Verdict:
+        """The verdict of one completion against its problem's gold answer, from the grading pool."""
+        return await self.grader.grade(request.meta["gold_answer"], completion.text, completion.finish_reason)
+
     async def execute(self, backend: Backend, requests: list[Request], stage: str,
-                      on_done: Callable[[Request, Completion], Iterable[str] | None]) -> None:
-        """Send requests, call ``on_done`` for each completion as it arrives (it may return
-        request ids to abort), and count tokens. A failed request is recorded as a reject."""
+                      on_done: Callable[[Request, Completion], Awaitable[None]]) -> None:
+        """Send requests and run ``on_done`` (a coroutine: grade and record) for each
+        completion as it arrives, without holding up the next one; count tokens. A failed
+        request is recorded as a reject. Returns when every ``on_done`` has finished."""
         by_id = {r.id: r for r in requests}
+        handlers: list[asyncio.Task] = []
         t = self.tokens[stage]
         start = time.perf_counter()
         bar = tqdm(total=len(requests), desc=f"{stage:>8}", unit="sample", disable=not self.progress, leave=True)
@@ -104,13 +112,14 @@ class _Run:
                 t.cached_tokens += c.cached_tokens or 0
                 if c.finish_reason == "error":
                     self.reject(stage, req.id, req.meta.get("problem_id"), "request_failed", c.error or "")
-                to_abort = on_done(req, c)
-                if to_abort:
-                    backend.abort(to_abort)
+                handlers.append(asyncio.create_task(on_done(req, c)))
                 bar.update(1)
                 elapsed = time.perf_counter() - start
                 bar.set_postfix_str(f"{t.completion_tokens / max(elapsed, 1e-9):.0f} tok/s", refresh=False)
+            await asyncio.gather(*handlers)
         finally:
+            for h in handlers:
+                h.cancel()
             bar.close()
             t.seconds += time.perf_counter() - start
 
@@ -183,10 +192,10 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
                                                                spec.system_prompt, spec.seed), "rollout")
     index = {r.id: j for r in requests for j in [int(r.id.rsplit("-", 1)[1])]}
 
-    def on_rollout(req: Request, c: Completion) -> None:
+    async def on_rollout(req: Request, c: Completion) -> None:
         if c.finish_reason == "error":
             return
-        verdict = grading.grade_answer(req.meta["gold_answer"], c.text, c.finish_reason)
+        verdict = await run.grade(req, c)
         rollouts[req.id] = rollout_stage.to_record(req, c, verdict, index[req.id])
 
     await run.execute(run.policy, requests, "rollout", on_rollout)
@@ -210,7 +219,7 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
         solve_reqs = run.fit(run.proposer, [propose_stage.solve_request(by_problem[r["problem_id"]], r, prompt, sampling,
                                                                         spec.seed) for r in failed], "propose")
 
-        def on_solve(req: Request, c: Completion) -> None:
+        async def on_solve(req: Request, c: Completion) -> None:
             if c.finish_reason != "error":
                 solve_outputs[req.id.rsplit("/", 1)[0]] = c.text
 
@@ -238,7 +247,7 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
     cand_reqs = run.fit(run.proposer, cand_reqs, "propose")
     candidates: dict[str, dict] = {}
 
-    def on_candidate(req: Request, c: Completion) -> None:
+    async def on_candidate(req: Request, c: Completion) -> None:
         row, solve_out, shortened = cand_context[req.id]
         candidates[req.id] = propose_stage.to_candidate(req, c, row, req.meta["gold_answer"], solve_out, shortened,
                                                         faithful, prompt.response_prefix)
@@ -277,18 +286,17 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
     for r in check_reqs:
         pending[r.meta["candidate_id"]].add(r.id)
 
-    def on_check(req: Request, c: Completion) -> list[str] | None:
+    async def on_check(req: Request, c: Completion) -> None:
         cid = req.meta["candidate_id"]
         pending[cid].discard(req.id)
         if c.finish_reason in ("error", "abort"):
-            return None
-        verdict = grading.grade_answer(req.meta["gold_answer"], c.text, c.finish_reason)
+            return
+        verdict = await run.grade(req, c)
         continuations[req.id] = check_stage.to_record(req, c, verdict)
         correct[cid] += verdict.status == "correct"
         if spec.check.early_stop and correct[cid] >= spec.accept.min_correct and pending[cid] and cid not in stopped:
             stopped.add(cid)
-            return sorted(pending[cid])
-        return None
+            run.policy.abort(sorted(pending[cid]))
 
     await run.execute(run.policy, check_reqs, "check", on_check)
     run.status["check"] = "done"
@@ -312,10 +320,10 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
     base_reqs = run.fit(run.policy, base_reqs, "baseline")
     base_verdicts: dict[tuple[str, int], list[str]] = defaultdict(list)
 
-    def on_baseline(req: Request, c: Completion) -> None:
+    async def on_baseline(req: Request, c: Completion) -> None:
         if c.finish_reason in ("error", "abort"):
             return
-        verdict = grading.grade_answer(req.meta["gold_answer"], c.text, c.finish_reason)
+        verdict = await run.grade(req, c)
         continuations[req.id] = check_stage.to_record(req, c, verdict)
 
     await run.execute(run.policy, base_reqs, "baseline", on_baseline)
@@ -389,7 +397,8 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
     }
     stats = {"funnel": funnel, "tokens": {k: vars(v) for k, v in run.tokens.items()},
              "rollout_verdicts": _count(r["verdict"] for r in rollout_rows),
-             "parse_status": _count(c["parse_status"] for c in cand_rows)}
+             "parse_status": _count(c["parse_status"] for c in cand_rows),
+             "grading": {"cache_hits": run.grader.hits, "cache_misses": run.grader.misses}}
     tables.write_json(stats, out / "stats.json")
     manifest(final=True)
     return RunResult(out, funnel, stats)
@@ -423,14 +432,20 @@ def _prepare(spec: JobSpec, out_dir: str | Path, backend: Backend | None,
 
 
 async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
-                        proposer_backend: Backend | None = None, progress: bool = True, close: bool = True) -> RunResult:
+                        proposer_backend: Backend | None = None, progress: bool = True, close: bool = True,
+                        grader: GradingPool | None = None) -> RunResult:
     """:func:`run_job` inside a running event loop. With ``close=False`` the backends stay
-    open, so one engine can serve several jobs in one loop (the tests share one vLLM engine)."""
+    open, so one engine can serve several jobs in one loop (the tests share one vLLM engine).
+    A given ``grader`` is used and left open; by default a pool is made from ``spec.grading``."""
     out, policy, proposer = _prepare(spec, out_dir, backend, proposer_backend)
-    run = _Run(spec, out, policy, proposer, progress)
+    own_grader = grader is None
+    grader = grader or GradingPool(spec.grading.workers, spec.grading.timeout_s)
+    run = _Run(spec, out, policy, proposer, progress, grader)
     try:
         return await _run_async(run, spec, spec_dir)
     finally:
+        if own_grader:
+            grader.close()
         if close:
             await policy.close()
             if proposer is not policy:
@@ -438,7 +453,7 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
 
 
 def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
-            proposer_backend: Backend | None = None, progress: bool = True) -> RunResult:
+            proposer_backend: Backend | None = None, progress: bool = True, grader: GradingPool | None = None) -> RunResult:
     """Run a whole job and write its run directory (DESIGN section 4).
 
     Args:
@@ -448,6 +463,7 @@ def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, ba
         backend / proposer_backend: ready backends (tests inject the fake); by default
             built from the spec. The proposer defaults to the policy backend.
         progress: show a tqdm bar per stage.
+        grader: a grading pool to use (and leave open); by default one from ``spec.grading``.
 
     Raises:
         FileNotFoundError: a source file or the prompt file is missing.
@@ -455,4 +471,4 @@ def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, ba
         BackendError: the backend cannot be built, or cannot continue a turn for the check stage.
         FileExistsError: ``out_dir`` already holds a run.
     """
-    return asyncio.run(run_job_async(spec, out_dir, spec_dir, backend, proposer_backend, progress))
+    return asyncio.run(run_job_async(spec, out_dir, spec_dir, backend, proposer_backend, progress, grader=grader))

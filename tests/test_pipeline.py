@@ -99,13 +99,17 @@ def read(out, name):
     return pq.read_table(out / f"{name}.parquet").to_pylist()
 
 
-def run(tmp_path, problems_file, *overrides, backend=None):
-    backend = backend or FakeBackend(script)
-    result = run_job(make_spec(problems_file, *overrides), tmp_path / "run", backend=backend, progress=False)
-    return result, tmp_path / "run", backend
+@pytest.fixture
+def run(grader):
+    def _run(tmp_path, problems_file, *overrides, backend=None):
+        backend = backend or FakeBackend(script)
+        result = run_job(make_spec(problems_file, *overrides), tmp_path / "run", backend=backend, progress=False,
+                         grader=grader)
+        return result, tmp_path / "run", backend
+    return _run
 
 
-def test_end_to_end_tables_and_funnel(tmp_path, problems_file):
+def test_end_to_end_tables_and_funnel(tmp_path, problems_file, run):
     result, out, backend = run(tmp_path, problems_file)
     assert result.funnel == {"problems": 3, "rollouts": 6, "failed_rollouts": 3, "candidates": 12,
                              "parsed_candidates": 6, "leaked": 1, "checked": 5, "accepted": 4, "sft_rows": 3,
@@ -205,7 +209,7 @@ def test_end_to_end_tables_and_funnel(tmp_path, problems_file):
     assert manifest["complete"] is True and set(manifest["stages"].values()) == {"done"}
 
 
-def test_tables_agree_with_each_other(tmp_path, problems_file):
+def test_tables_agree_with_each_other(tmp_path, problems_file, run):
     _, out, _ = run(tmp_path, problems_file)
     rollouts = {r["rollout_id"]: r for r in read(out, "rollouts")}
     problems = {p["problem_id"] for p in read(out, "problems")}
@@ -235,19 +239,19 @@ def test_tables_agree_with_each_other(tmp_path, problems_file):
     # first parsed candidate per rollout, kept only if accepted: p2/rollout-0's first (candidate-0) failed its checks
     ("first", {f"{P1}/rollout-1/candidate-0", f"{P2}/rollout-1/candidate-2"}),
 ])
-def test_select_per_rollout(tmp_path, problems_file, per_rollout, expected):
+def test_select_per_rollout(tmp_path, problems_file, per_rollout, expected, run):
     result, out, _ = run(tmp_path, problems_file, f"select.per_rollout={per_rollout}")
     assert {r["candidate_id"] for r in read(out, "sft")} == expected
     assert result.funnel["sft_rows"] == len(expected)
 
 
-def test_min_correct_two(tmp_path, problems_file):
+def test_min_correct_two(tmp_path, problems_file, run):
     _, out, _ = run(tmp_path, problems_file, "accept.min_correct=2")
     accepted = {r["candidate_id"] for r in read(out, "interventions") if r["accepted"]}
     assert accepted == {f"{P1}/rollout-1/candidate-0", f"{P2}/rollout-0/candidate-2"}
 
 
-def test_faithful_preset(tmp_path, problems_file):
+def test_faithful_preset(tmp_path, problems_file, run):
     result, out, _ = run(tmp_path, problems_file, "faithful=true")
     inter = {r["candidate_id"]: r for r in read(out, "interventions")}
     # doubled newlines in the target
@@ -261,8 +265,9 @@ def test_faithful_preset(tmp_path, problems_file):
     assert job["faithful"] is True and job["select"]["per_rollout"] == "first"
 
 
-def test_early_stop_aborts_remaining_continuations(tmp_path, problems_file):
-    result, out, backend = run(tmp_path, problems_file, "check.early_stop=true")
+def test_early_stop_aborts_remaining_continuations(tmp_path, problems_file, run):
+    # completions arrive 20 ms apart, as from an engine, so verdicts can stop the rest
+    result, out, backend = run(tmp_path, problems_file, "check.early_stop=true", backend=FakeBackend(script, delay_s=0.02))
     inter = {r["candidate_id"]: r for r in read(out, "interventions")}
     # accepted candidates carry a null rate and the number of samples drawn
     c = inter[f"{P2}/rollout-0/candidate-2"]
@@ -274,7 +279,7 @@ def test_early_stop_aborts_remaining_continuations(tmp_path, problems_file):
     assert len(sent) < 20
 
 
-def test_continuations_that_all_fail_reject_every_candidate(tmp_path, problems_file):
+def test_continuations_that_all_fail_reject_every_candidate(tmp_path, problems_file, run):
     def all_wrong(request):
         if request.meta["stage"] in ("check", "baseline"):
             return "\n\n" + WRONG
@@ -285,21 +290,21 @@ def test_continuations_that_all_fail_reject_every_candidate(tmp_path, problems_f
     assert [c for c in read(out, "continuations") if c["kind"] == "baseline"] == []
 
 
-def test_system_prompt_is_sent_to_policy_chats_only(tmp_path, problems_file):
+def test_system_prompt_is_sent_to_policy_chats_only(tmp_path, problems_file, run):
     _, _, backend = run(tmp_path, problems_file, "system_prompt=Box the answer.")
     for r in backend.calls:
         has_system = r.messages[0] == {"role": "system", "content": "Box the answer."}
         assert has_system == (r.meta["stage"] in ("rollout", "check", "baseline"))
 
 
-def test_backend_that_cannot_continue_is_refused_at_check(tmp_path, problems_file):
+def test_backend_that_cannot_continue_is_refused_at_check(tmp_path, problems_file, run):
     from intgen.backends import BackendError
     with pytest.raises(BackendError, match="cannot do"):
         run(tmp_path, problems_file, backend=FakeBackend(script, can_continue=False))
     assert (tmp_path / "run" / "candidates.parquet").exists()
 
 
-def test_context_limit_shortens_attempt_and_rejects_what_cannot_fit(tmp_path, problems_file):
+def test_context_limit_shortens_attempt_and_rejects_what_cannot_fit(tmp_path, problems_file, run):
     long_trace = "\n\n".join(f"Step {i}: " + "word " * 30 for i in range(1, 41)) + "\n\n$\\boxed{13}$"
 
     def long_rollouts(request):
@@ -330,7 +335,7 @@ def test_missing_source_file_and_unknown_model_stop_at_once(tmp_path):
         run_job(load_spec(None, data=data), tmp_path / "r2", progress=False)
 
 
-def test_seeds_are_stable_and_distinct(tmp_path, problems_file):
+def test_seeds_are_stable_and_distinct(tmp_path, problems_file, run):
     _, out, _ = run(tmp_path, problems_file)
     rollouts = read(out, "rollouts")
     seeds = [r["seed"] for r in rollouts]

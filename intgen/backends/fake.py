@@ -30,13 +30,16 @@ class FakeBackend(Backend):
         script: the reply function; defaults to :func:`demo_script`.
         max_model_len: reported context length (tokens are whitespace-separated words).
         can_continue: set False to act like a chat API that cannot continue a turn.
+        delay_s: seconds between completions, standing in for generation time.
 
     Attributes:
         calls: every request answered so far (in answer order), for tests.
     """
 
-    def __init__(self, script: Script | None = None, max_model_len: int | None = None, can_continue: bool = True):
+    def __init__(self, script: Script | None = None, max_model_len: int | None = None, can_continue: bool = True,
+                 delay_s: float = 0.0):
         self.script = script or demo_script
+        self.delay_s = delay_s
         self.max_model_len = max_model_len
         self.can_continue = can_continue
         self.calls: list[Request] = []
@@ -47,7 +50,7 @@ class FakeBackend(Backend):
 
     async def stream(self, requests: Sequence[Request]) -> AsyncIterator[Completion]:
         for request in sorted(requests, key=lambda r: _order_key(r.id)):
-            await asyncio.sleep(0)  # let the consumer run between completions, as with a real engine
+            await asyncio.sleep(self.delay_s)  # let the consumer run between completions, as with a real engine
             if request.id in self._aborted:
                 yield Completion(request.id, "", "abort")
                 continue

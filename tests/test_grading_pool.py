@@ -1,0 +1,68 @@
+"""The grading pool: same verdicts as grade_answer, a hard per-item limit that replaces a
+stuck worker, thread safety, and the verdict cache (issue 4, DESIGN section 6)."""
+
+import asyncio
+import threading
+import time
+
+from intgen.grading import Verdict, grade_answer
+from intgen.grading_pool import GradingPool
+
+CASES = [
+    ("12", "so $\\boxed{12}$", None),
+    ("12", "so $\\boxed{13}$", None),
+    ("\\frac{1}{2}", "It is \\boxed{0.5}.", None),
+    ("12", "the answer is 12", None),
+    ("12", "\\boxed{12} and then \\boxed{1", None),
+    ("12", "\\boxed{12}", "length"),
+    ("12", "\\boxed{\\checkmark}", None),
+    ("(1, 2)", "\\boxed{(1,2)}", None),
+]
+
+
+def test_pool_verdicts_equal_in_process_verdicts(grader):
+    assert grader.grade_many(CASES) == [grade_answer(*c) for c in CASES]
+    assert [v.status for v in grader.grade_many(CASES)] == [
+        "correct", "wrong", "correct", "no_answer", "no_answer", "no_answer", "ungradable", "correct"]
+
+
+def test_stuck_worker_is_killed_and_replaced():
+    with GradingPool(workers=1, timeout_s=1.0) as pool:
+        assert pool.grade_many([("5", "\\boxed{5}", None)]) == [Verdict("correct", "matches gold", "5")]
+        start = time.monotonic()
+        verdict = pool.submit("5", "\\boxed{9^{9^{9^{9}}}}").result()
+        elapsed = time.monotonic() - start
+        assert verdict == Verdict("ungradable", "grader timed out after 1 s", "9^{9^{9^{9}}}")
+        assert elapsed < 4.0  # the pool's limit, not math-verify's own 5 s alarm
+        # the next item is graded by a fresh worker
+        assert pool.submit("7", "\\boxed{7}").result().status == "correct"
+
+
+def test_usable_from_threads_and_asyncio(grader):
+    results = {}
+
+    def work(i):
+        results[i] = grader.submit(str(i), f"\\boxed{{{i}}}").result()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {i: v.status for i, v in results.items()} == {i: "correct" for i in range(8)}
+
+    async def main():
+        return await asyncio.gather(*(grader.grade("3", f"\\boxed{{{x}}}") for x in (3, 4)))
+
+    assert [v.status for v in asyncio.run(main())] == ["correct", "wrong"]
+
+
+def test_cache_is_keyed_by_the_extracted_answer():
+    with GradingPool(workers=1) as pool:
+        first = pool.submit("\\frac{1}{2}", "long reasoning ... \\boxed{\\frac12}").result()
+        again = pool.submit("\\frac{1}{2}", "different text, same box \\boxed{\\frac12}").result()
+        assert first == again and first.status == "correct"
+        assert (pool.hits, pool.misses) == (1, 1)
+        # a cut-off output is a different key
+        assert pool.submit("\\frac{1}{2}", "\\boxed{\\frac12}", "length").result().status == "no_answer"
+        assert pool.misses == 2
