@@ -1,0 +1,1 @@
+"""Subcommands of the ``intgen`` CLI, one module each (see :mod:`intgen.cli`)."""
