@@ -14,7 +14,7 @@ import sys
 from intgen import __version__
 
 #: modules that provide subcommands, in the order ``--help`` lists them
-COMMANDS = ["intgen.commands.generate"]
+COMMANDS = ["intgen.commands.generate", "intgen.commands.inspect"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,8 @@ from intgen.backends import Backend, BackendError, Completion, Request, Sampling
 from intgen.config import JobSpec, resolve_path
 from intgen.models import check_model_name
 from intgen.prompts import load_prompt
+from intgen.resume import check_resume
+from intgen.store import STORE_NAME, SampleStore, StoredBackend
 from intgen.sources import Problem, Reject, load_source
 from intgen.stages import check as check_stage
 from intgen.stages import propose as propose_stage
@@ -67,6 +69,17 @@ class _Run:
     rejects: list[dict] = field(default_factory=list)
     tokens: dict[str, _StageTokens] = field(default_factory=lambda: defaultdict(_StageTokens))
     status: dict[str, str] = field(default_factory=lambda: {s: "pending" for s in STAGES})
+    requests: dict[str, int] = field(default_factory=dict)
+    resumed: bool = False
+    manifest_info: dict[str, Any] = field(default_factory=dict)
+
+    def write_manifest(self, final: bool = False) -> None:
+        """``manifest.json``: fingerprint, versions, stage status and request counts (``intgen inspect`` reads it)."""
+        tables.write_json({
+            "spec_fingerprint": self.spec.fingerprint(), "versions": _versions(), "stages": self.status,
+            "requests": self.requests, "complete": final, "resumed": self.resumed,
+            "backends": {"policy": self.policy.describe(), "proposer": self.proposer.describe()},
+            **self.manifest_info}, self.out / "manifest.json")
 
     def reject(self, stage: str, record_id: str, problem_id: str | None, reason: str, detail: str = "") -> None:
         self.rejects.append({"stage": stage, "record_id": record_id, "problem_id": problem_id,
@@ -100,6 +113,8 @@ class _Run:
         request is recorded as a reject. Returns when every ``on_done`` has finished."""
         by_id = {r.id: r for r in requests}
         handlers: list[asyncio.Task] = []
+        self.requests[stage] = len(requests)
+        self.write_manifest()
         t = self.tokens[stage]
         start = time.perf_counter()
         bar = tqdm(total=len(requests), desc=f"{stage:>8}", unit="sample", disable=not self.progress, leave=True)
@@ -172,13 +187,8 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
     sampling = Sampling(s.temperature, s.top_p, s.top_k, s.max_tokens)
     faithful = spec.faithful
 
-    def manifest(final: bool = False) -> None:
-        tables.write_json({
-            "spec_fingerprint": spec.fingerprint(), "versions": _versions(), "stages": run.status,
-            "complete": final, "prompt": {"name": prompt.name, "path": prompt.path, "sha256": prompt.sha256},
-            "backends": {"policy": run.policy.describe(), "proposer": run.proposer.describe()},
-        }, out / "manifest.json")
-
+    run.manifest_info["prompt"] = {"name": prompt.name, "path": prompt.path, "sha256": prompt.sha256}
+    manifest = run.write_manifest
     manifest()
     await run.policy.start()
     if run.proposer is not run.policy:
@@ -398,7 +408,8 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
     stats = {"funnel": funnel, "tokens": {k: vars(v) for k, v in run.tokens.items()},
              "rollout_verdicts": _count(r["verdict"] for r in rollout_rows),
              "parse_status": _count(c["parse_status"] for c in cand_rows),
-             "grading": {"cache_hits": run.grader.hits, "cache_misses": run.grader.misses}}
+             "grading": {"cache_hits": run.grader.hits, "cache_misses": run.grader.misses},
+             "reused_samples": sum(getattr(b, "reused", 0) for b in {id(run.policy): run.policy, id(run.proposer): run.proposer}.values())}
     tables.write_json(stats, out / "stats.json")
     manifest(final=True)
     return RunResult(out, funnel, stats)
@@ -412,23 +423,33 @@ def _count(values: Iterable[str]) -> dict[str, int]:
 
 
 def _prepare(spec: JobSpec, out_dir: str | Path, backend: Backend | None,
-             proposer_backend: Backend | None) -> tuple[Path, Backend, Backend]:
+             proposer_backend: Backend | None) -> tuple[Path, Backend, Backend, SampleStore, bool]:
+    """Validate, open (or resume) the run directory, and wrap the backends with its sample store."""
     check_model_name(spec.model)
     check_model_name(spec.proposer_model)
     out = Path(out_dir)
-    if (out / "manifest.json").exists():
-        raise FileExistsError(f"{out} already holds a run; choose another --out")
-    policy = backend or make_backend(spec.backend, spec.model)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
+    resumed = (out / "job.yaml").exists()
+    if resumed:
+        with open(out / "job.yaml", encoding="utf-8") as f:
+            check_resume(yaml.safe_load(f), spec.resolved())
+    inner_policy = backend or make_backend(spec.backend, spec.model)
     if proposer_backend is not None:
-        proposer = proposer_backend
+        inner_proposer = proposer_backend
     elif spec.proposer.backend is not None or spec.proposer.model not in (None, spec.model):
-        proposer = make_backend(spec.proposer_backend, spec.proposer_model)
+        inner_proposer = make_backend(spec.proposer_backend, spec.proposer_model)
     else:
-        proposer = policy
+        inner_proposer = inner_policy
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "job.yaml", "w", encoding="utf-8") as f:
+    tmp = out / ".job.yaml.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
         yaml.safe_dump(spec.resolved(), f, sort_keys=False, allow_unicode=True)
-    return out, policy, proposer
+    tmp.replace(out / "job.yaml")
+    store = SampleStore(out / STORE_NAME)
+    policy = StoredBackend(inner_policy, store, spec.model)
+    proposer = policy if inner_proposer is inner_policy else StoredBackend(inner_proposer, store, spec.proposer_model)
+    return out, policy, proposer, store, resumed
 
 
 async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
@@ -437,13 +458,14 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
     """:func:`run_job` inside a running event loop. With ``close=False`` the backends stay
     open, so one engine can serve several jobs in one loop (the tests share one vLLM engine).
     A given ``grader`` is used and left open; by default a pool is made from ``spec.grading``."""
-    out, policy, proposer = _prepare(spec, out_dir, backend, proposer_backend)
+    out, policy, proposer, store, resumed = _prepare(spec, out_dir, backend, proposer_backend)
     own_grader = grader is None
     grader = grader or GradingPool(spec.grading.workers, spec.grading.timeout_s)
-    run = _Run(spec, out, policy, proposer, progress, grader)
+    run = _Run(spec, out, policy, proposer, progress, grader, resumed=resumed)
     try:
         return await _run_async(run, spec, spec_dir)
     finally:
+        store.close()
         if own_grader:
             grader.close()
         if close:
@@ -469,6 +491,9 @@ def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, ba
         FileNotFoundError: a source file or the prompt file is missing.
         UnknownModelError: the model name is unknown.
         BackendError: the backend cannot be built, or cannot continue a turn for the check stage.
-        FileExistsError: ``out_dir`` already holds a run.
+        ResumeError: ``out_dir`` holds a run made with a spec that differs in a way that
+            can change results (a run made with the same spec is resumed: samples answered
+            before come from its store, the rest are generated).
+        FileExistsError: ``out_dir`` is a file.
     """
     return asyncio.run(run_job_async(spec, out_dir, spec_dir, backend, proposer_backend, progress, grader=grader))

@@ -70,10 +70,15 @@ def test_cli_dry_run_prints_the_funnel(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "funnel:" in out and "problems           2" in out
     assert (tmp_path / "run" / "interventions.parquet").exists()
-    # the same run directory is refused rather than overwritten
+    # the same run directory with a result-changing spec is refused, naming the key
     rc = main(["generate", str(ROOT / "pipelines" / "demo.yaml"), "--out", str(tmp_path / "run"), "--quiet",
-               "backend.kind=fake"])
-    assert rc == 2 and "already holds a run" in capsys.readouterr().err
+               "--limit", "2", "backend.kind=fake", "check.r=3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "check.r: 2 -> 3" in err
+    # with the same spec it resumes (here: nothing left to do)
+    rc = main(["generate", str(ROOT / "pipelines" / "demo.yaml"), "--out", str(tmp_path / "run"), "--quiet",
+               "--limit", "2", "backend.kind=fake", "check.r=2", "grading.workers=1"])
+    assert rc == 0 and "resuming the run" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args,message", [

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -17,10 +19,27 @@ def print_funnel(result) -> None:
         print(f"  {key:<{width}}  {value}")
 
 
+def _resume_command(args: argparse.Namespace, out: Path) -> str:
+    parts = ["intgen generate", shlex.quote(args.job), "--out", shlex.quote(str(out))]
+    if args.limit is not None:
+        parts += ["--limit", str(args.limit)]
+    return " ".join(parts + [shlex.quote(o) for o in args.overrides])
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run(args: argparse.Namespace) -> int:
+    """Run (or resume) a job. Exit 0 when done; 2 for a spec, input or backend error; 130/143
+    when stopped by SIGINT/SIGTERM (what arrived is kept; the printed command resumes);
+    1 when the run stopped on an I/O error (e.g. disk full), also resumable."""
+    import sqlite3
+
     from intgen.backends import BackendError
     from intgen.config import SpecError, load_spec
     from intgen.models import UnknownModelError
+    from intgen.resume import ResumeError
     from intgen.runner import run_job
 
     overrides = list(args.overrides)
@@ -28,11 +47,29 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"limit={args.limit}")
     try:
         spec = load_spec(args.job, overrides)
-        out = Path(args.out) if args.out else Path("runs") / spec.name
-        result = run_job(spec, out, spec_dir=Path(args.job).resolve().parent, progress=not args.quiet)
-    except (SpecError, FileNotFoundError, FileExistsError, UnknownModelError, BackendError) as e:
+    except (SpecError, FileNotFoundError) as e:
         print(f"intgen generate: {e}", file=sys.stderr)
         return 2
+    out = Path(args.out) if args.out else Path("runs") / spec.name
+    if (out / "job.yaml").exists():
+        print(f"resuming the run in {out}", file=sys.stderr)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        result = run_job(spec, out, spec_dir=Path(args.job).resolve().parent, progress=not args.quiet)
+    except (SpecError, FileNotFoundError, FileExistsError, UnknownModelError, BackendError, ResumeError) as e:
+        print(f"intgen generate: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        name = str(e) or "SIGINT"
+        print(f"\nintgen generate: stopped by {name}; every answered sample is kept in {out}.\n"
+              f"resume with: {_resume_command(args, out)}", file=sys.stderr)
+        return 143 if name == "SIGTERM" else 130
+    except (OSError, sqlite3.Error) as e:
+        print(f"intgen generate: stopped on an I/O error ({type(e).__name__}: {e}); every answered sample is "
+              f"kept in {out}.\nfix the cause, then resume with: {_resume_command(args, out)}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print_funnel(result)
     return 0
 
@@ -41,7 +78,7 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help="run rollout -> propose -> check -> baseline -> select for a job spec")
     p.add_argument("job", help="the job spec, a YAML file (e.g. pipelines/demo.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. check.r=8 backend.kind=fake")
-    p.add_argument("--out", help="the run directory (default: runs/<name>)")
+    p.add_argument("--out", help="the run directory (default: runs/<name>); an existing run there is resumed")
     p.add_argument("--limit", type=int, help="number of problems (overrides the spec's limit)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
