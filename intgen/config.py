@@ -47,16 +47,31 @@ class SourceSpec(_Model):
 
 
 class BackendSpec(_Model):
-    """Which engine serves the model (DESIGN section 5)."""
+    """Which engine serves the model (DESIGN section 5). Keys are documented in
+    ``docs/job-spec.md``; each kind reads the keys it needs and ignores the others."""
 
     kind: Literal["vllm", "openai", "transformers", "fake"] = "vllm"
+    max_model_len: int | None = Field(default=None, ge=16)
+    #: extra keyword arguments of the chat template (e.g. ``enable_thinking: false``), every kind
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # -- vllm
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    # -- openai (any OpenAI-compatible server)
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
-    continuation: Literal["server", "completions"] = "server"
-    max_model_len: int | None = Field(default=None, ge=16)
+    served_model_name: str | None = None
+    continuation: Literal["server", "completions", "none"] = "server"
+    tokenizer: str | None = None
     concurrency: int = Field(default=64, ge=1)
+    timeout_s: float = Field(default=1800.0, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    # -- transformers
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    batch_size: int = Field(default=8, ge=1)
+    # -- fake
     script: str = "demo"
-    engine_args: dict[str, Any] = Field(default_factory=dict)
 
 
 class SamplingSpec(_Model):

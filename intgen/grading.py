@@ -77,7 +77,9 @@ from __future__ import annotations
 import functools
 import re
 import threading
+import unicodedata
 from dataclasses import dataclass
+from fractions import Fraction
 from itertools import product
 from typing import Literal, NamedTuple, Sequence
 
@@ -232,6 +234,95 @@ _GROUPED_NUMBER = re.compile(
 )
 _GROUP_SEP = re.compile(r",|\{,\}|\\,|\\ |\\!|~| ")
 
+# override 8: Unicode math symbols a model may write inside a box.
+_UNICODE_SIMPLE = {
+    "\u2212": "-",  # minus sign
+    "\u00d7": "\\times ",
+    "\u00b7": "\\cdot ",
+    "\u22c5": "\\cdot ",
+    "\u00f7": "\\div ",
+    "\u2264": "\\le ",
+    "\u2265": "\\ge ",
+    "\u2260": "\\ne ",
+    "\u221e": "\\infty ",
+    "\u03c0": "\\pi ",
+    "\u00b0": "^{\\circ}",
+}
+_UNICODE_SUPERSCRIPT = {c: d for c, d in zip("\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079\u207b", "0123456789-")}
+_SUPERSCRIPT_RUN = re.compile("[" + "".join(_UNICODE_SUPERSCRIPT) + "]+")
+_VULGAR_FRACTION = re.compile("[\u00bc-\u00be\u2150-\u215e]")
+_UNICODE_SQRT = re.compile(r"\u221a\s*(?:(\d+(?:\.\d+)?|[A-Za-z]|\\[A-Za-z]+)|(?=\())")
+
+# override 9: plain-text constants and functions (LaTeX reads ``pi`` as p*i).
+_TEXT_GROUP = re.compile(
+    r"\\(?:text[a-z]*|mbox|hbox|math(?:rm|bf|it|sf|tt)|operatorname|begin|end)\s*\{[^{}]*\}"
+)
+_PLAIN_PI = re.compile(r"(?<![\\A-Za-z])pi(?![A-Za-z])")
+_PLAIN_FUNC = re.compile(
+    r"(?<![\\A-Za-z])(arcsin|arccos|arctan|sinh|cosh|tanh|sin|cos|tan|cot|sec|csc|ln|log|exp)"
+    r"(?![A-Za-z])(?=\s*[(\[{^\d]|\s+[A-Za-z\\])"
+)
+_PLAIN_SQRT = re.compile(r"(?<![\\A-Za-z])sqrt(?![A-Za-z])\s*")
+_SCIENTIFIC = re.compile(r"([+-]?\d+(?:\.\d+)?)[eE]([+-]?\d+)")
+
+# override 10: plain-text mixed numbers, ``3 1/2`` = 7/2.
+_MIXED_NUMBER = re.compile(
+    r"(?<![\w.^_}/\\)*!])(-?)([1-9]\d*)(?:\s|\\[ ,;:]|~|\\quad\b)+([1-9]\d*)\s*/\s*([1-9]\d*)"
+    r"(?![\w.^/(_{!])(?!\\(?![,;: !%)\]}\\]|text|mbox|mathrm|quad|qquad|right|rangle|end))"
+)
+
+# override 11: a number with words (a unit, a noun) in ``\text{}`` or in plain text.
+_TEXT_CMD = r"\\(?:text(?:rm|bf|it|normal|sf|tt)?|mbox|hbox|math(?:rm|bf|it|sf))"
+_NUM = (
+    r"(?:\\?\$\s*)?-?\s*(?:\\?\$\s*)?"
+    r"(?:[1-9]\d{0,2}(?:(?:,|\{,\}|\\,)\d{3})+|\d+)(?:\.\d+)?"
+    r"(?:(?:\s+|\\ |~)[1-9]\d*\s*/\s*[1-9]\d*|\s*/\s*[1-9]\d*)?"
+)
+_WORD = r"[A-Za-z][A-Za-z.'\-/]*(?:\^\{?\d\}?)?(?:\(s\))?"
+_WORDS = _WORD + r"(?:\s+" + _WORD + r")*"
+_SEP = r"(?:\s|\\ |~|\\,|\\;)*"
+_NUM_WORDS_IN_TEXT = re.compile(
+    _TEXT_CMD + r"\s*\{\s*(" + _NUM + r")" + _SEP + r"(" + _WORDS + r")\s*\}(?:\^\{?\d\}?)?"
+)
+_NUM_THEN_TEXT = re.compile(
+    r"(" + _NUM + r")" + _SEP + _TEXT_CMD + r"\s*\{" + _SEP + r"(" + _WORDS + r")\s*\}(?:\^\{?\d\}?)?"
+)
+_NUM_PLAIN_WORDS = re.compile(r"(" + _NUM + r")" + _SEP + r"(" + _WORDS + r")")
+#: Short plain-text units accepted as the first word after a number (longer words, three
+#: letters or more, are accepted as nouns; single letters are variables, override 12).
+_SHORT_UNITS = frozenset(
+    "cm mm km kg mg lb lbs oz ft yd mi hr hrs ml mL cc mph kph kmh sq".split()
+)
+_MULTIPLIERS = {
+    "hundred": "10^{2}", "hundreds": "10^{2}", "thousand": "10^{3}", "thousands": "10^{3}",
+    "million": "10^{6}", "millions": "10^{6}", "billion": "10^{9}", "billions": "10^{9}",
+    "trillion": "10^{12}", "trillions": "10^{12}", "dozen": "12", "dozens": "12",
+}
+_PERCENT_WORDS = frozenset({"percent", "percentage", "pct"})
+#: Words that change the value of the number they follow; never dropped as a unit.
+_VALUE_WORDS = frozenset(
+    """or and to through thru till until nor versus vs than plus minus over under below above
+    negative not no none remainder mod modulo choose factorial power root roots sqrt pi e i
+    half halves quarter quarters third thirds fourth fourths fifth fifths sixth sixths
+    eighth eighths tenth tenths hundredth hundredths thousandth thousandths percent
+    percentage pct squared cubed""".split()
+)
+_VALUE_WORDS_FIRST_ONLY = frozenset({"squared", "cubed"})  # "6 meters squared" is a unit
+
+# override 12: single letters that math-verify's unit list would strip after a number.
+_TRAILING_LETTER = re.compile(r"(?<=[\d}\s])(\s*)([tshclgmdo]|ab|bc)(\s*)$")
+_DEGREE_SCALE = re.compile(
+    r"(\^\s*(?:\{\s*\\circ\s*\}|\\circ))\s*(?:\\(?:text|mathrm)\s*\{\s*[CFK]\s*\}|[CFK](?![A-Za-z]))"
+)
+
+# override 13: what math-verify would silently drop (emulating its unit normalisation).
+_MV_TEXT_ALIAS = re.compile(r"\\math(?:rm|it|bf)|\\text(?:normal|bf|it|rm)")
+_MV_AND_OR_TEXT = re.compile(r",?\s*\\text\{\s*(?:and|or)\s*\}")
+_MV_TRAILING_TEXT = re.compile(r"(\\(?:text|mbox)\{.*?\})(\^\d|\{\^\d\})?$")
+_COMMANDS = re.compile(r"\\[A-Za-z]+")
+_LONG_WORD = re.compile(r"(?<![A-Za-z])[A-Za-z]{4,}(?![A-Za-z])")
+_WORDS_OK_NEAR_NUMBERS = frozenset({"infinity", "infty", "matrix", "pmatrix", "bmatrix"})
+
 
 def _strip_delims(s: str) -> str:
     changed = True
@@ -255,21 +346,200 @@ def _strip_delims(s: str) -> str:
     return s
 
 
-def _normalise(answer: str) -> str:
+def _outside_text(s: str, fn) -> str:
+    """Apply ``fn`` to the parts of ``s`` outside ``\\text{...}``-like groups and
+    environment names (``\\begin{pmatrix}``)."""
+    out: list[str] = []
+    pos = 0
+    for m in _TEXT_GROUP.finditer(s):
+        out.append(fn(s[pos : m.start()]))
+        out.append(m.group(0))
+        pos = m.end()
+    out.append(fn(s[pos:]))
+    return "".join(out)
+
+
+def _paren_end(s: str, i: int) -> int | None:
+    """Index just past the ``)`` matching the ``(`` at ``s[i]``, or None."""
+    depth = 0
+    for j in range(i, len(s)):
+        if s[j] == "(":
+            depth += 1
+        elif s[j] == ")":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    return None
+
+
+def _unicode(s: str) -> str:
+    """Override 8: Unicode math symbols to the LaTeX math-verify reads."""
+    if s.isascii():
+        return s
+    for ch, rep in _UNICODE_SIMPLE.items():
+        s = s.replace(ch, rep)
+    s = _SUPERSCRIPT_RUN.sub(
+        lambda m: "^{" + "".join(_UNICODE_SUPERSCRIPT[c] for c in m.group(0)) + "}", s
+    )
+
+    def vulgar(m: re.Match) -> str:
+        f = Fraction(unicodedata.numeric(m.group(0))).limit_denominator(10)
+        return "\\frac{%d}{%d}" % (f.numerator, f.denominator)
+
+    s = _VULGAR_FRACTION.sub(vulgar, s)
+    while True:
+        m = _UNICODE_SQRT.search(s)
+        if m is None:
+            break
+        if m.group(1) is not None:
+            s = s[: m.start()] + "\\sqrt{" + m.group(1) + "}" + s[m.end() :]
+            continue
+        end = _paren_end(s, m.end())
+        if end is None:
+            s = s[: m.start()] + "\\sqrt" + s[m.end() :]
+        else:
+            s = s[: m.start()] + "\\sqrt{" + s[m.end() + 1 : end - 1] + "}" + s[end:]
+    return s
+
+
+def _number_with_words(num: str, words: str, plain: bool) -> tuple[str | None, str | None]:
+    """Override 11: ``(replacement, refusal)`` for a number followed by words.
+
+    The words are dropped when they name what is counted or measured (``6 marbles``,
+    ``\\text{6 apples}``, ``12 square feet``); a scale word multiplies (``6 million``,
+    ``2 dozen``); a percent word gives ``\\%``. A word that changes the value (``or``,
+    ``and``, ``half``, ``remainder``, ...) makes the answer unjudgeable: it is never
+    judged on the number alone. ``(None, None)``: not this pattern, left as is.
+    """
+    ws = [w.strip(".'-/").lower() for w in words.split()]
+    ws = [re.sub(r"\^\{?\d\}?$|\(s\)$", "", w) for w in ws]
+    if not ws or not ws[0]:
+        return None, None
+    first = words.split()[0].strip(".")
+    if plain and not (len(ws[0]) >= 3 or first in _SHORT_UNITS):
+        return None, None  # a single letter or two: a variable, not a unit (override 12)
+    num = re.sub(r"\\?\$", "", num).strip()
+    num = re.sub(r"^-\s+", "-", num)
+    if ws[0] in _PERCENT_WORDS and len(ws) == 1:
+        return num + "\\%", None
+    rest = ws
+    if ws[0] in _MULTIPLIERS:
+        if re.search(r"/", num):
+            return None, f"a number followed by {words.split()[0]!r}"
+        num = num + "\\times " + _MULTIPLIERS[ws[0]]
+        rest = ws[1:]
+    for k, w in enumerate(rest):
+        if w in _VALUE_WORDS and not (k > 0 and w in _VALUE_WORDS_FIRST_ONLY):
+            return None, f"a number followed by words that change its value ({w!r})"
+    return num, None
+
+
+def _mixed(m: re.Match) -> str:
+    sign, whole, num, den = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
+    if num >= den:
+        return m.group(0)  # "3 5/2" is not a mixed number
+    return "%s\\frac{%d}{%d}" % (sign, whole * den + num, den)
+
+
+def _plain_functions(s: str) -> str:
+    """Override 9 on text outside ``\\text{}``: ``pi``, function names, ``sqrt``, ``**``."""
+    s = _PLAIN_PI.sub(r"\\pi ", s)
+    s = _PLAIN_FUNC.sub(r"\\\1", s)
+    s = s.replace("**", "^")
+    pos = 0
+    while True:
+        m = _PLAIN_SQRT.search(s, pos)
+        if m is None:
+            break
+        j = m.end()
+        if j < len(s) and s[j] == "(":
+            end = _paren_end(s, j)
+            if end is None:
+                pos = j
+                continue
+            s = s[: m.start()] + "\\sqrt{" + s[j + 1 : end - 1] + "}" + s[end:]
+        else:
+            tok = re.match(r"\{|\d+(?:\.\d+)?|[A-Za-z]", s[j:])
+            if tok is None:
+                pos = j
+                continue
+            arg = tok.group(0)
+            s = s[: m.start()] + ("\\sqrt{" if arg == "{" else "\\sqrt{" + arg + "}") + s[j + len(arg) :]
+        pos = m.start() + 1
+    return s
+
+
+def _normalise_full(answer: str) -> tuple[str, str | None]:
     """Light normalisation applied to gold answers and box contents alike.
 
-    See overrides 4-7 in the module docstring: delimiters and a redundant inner box are
-    stripped, a trailing period is removed, digit-group separators of a whole grouped
-    number are removed, and roman ``e``/``i`` become the constants math-verify knows.
+    Returns ``(normalised, refusal)``: ``refusal`` is set when the answer holds words that
+    would be dropped or misread and change its value (overrides 11 and 13); such an
+    answer does not parse. See overrides 4-13 in the module docstring.
     """
     s = _strip_delims(answer)
     if s.endswith(".") and not s.endswith(".."):
         s = _strip_delims(s[:-1])
     s = _ROMAN_CONST.sub(r"\1", s)
+    s = _unicode(s)
+    # override 11: a number with words, as a whole answer
+    for pattern, plain in ((_NUM_WORDS_IN_TEXT, False), (_NUM_THEN_TEXT, False), (_NUM_PLAIN_WORDS, True)):
+        m = pattern.fullmatch(s)
+        if m is not None:
+            rep, refusal = _number_with_words(m.group(1), m.group(2), plain)
+            if refusal is not None:
+                return s, refusal
+            if rep is not None:
+                s = rep
+            break
     m = _GROUPED_NUMBER.fullmatch(s)
     if m is not None:
         s = m.group(1) + _GROUP_SEP.sub("", m.group(2)) + (m.group(3) or "")
-    return s
+    m = _SCIENTIFIC.fullmatch(s)
+    if m is not None:
+        s = m.group(1) + "\\times 10^{" + m.group(2) + "}"
+    s = _outside_text(s, lambda part: _MIXED_NUMBER.sub(_mixed, part))
+    s = _outside_text(s, _plain_functions)
+    s = _DEGREE_SCALE.sub(r"\1", s)
+    s = _TRAILING_LETTER.sub(r"\1{\2}\3", s)
+    return s, _dropped_words(s)
+
+
+def _dropped_words(s: str) -> str | None:
+    """Override 13: the reason ``s`` would be judged on a fragment, or None.
+
+    * math-verify drops a trailing ``\\text{...}`` (everything from the first ``\\text{``
+      whose group reaches the end) as a unit. If that part holds a digit or a word that
+      changes the value (``6\\text{ or 7}``, ``x\\text{ where } y = 2``), the answer is
+      refused instead.
+    * A plain word of four letters or more next to numbers (``10 choose 2``, ``about 5``,
+      ``3 (mod 7)`` is caught by ``mod``) is read by math-verify as a product of one-letter
+      variables; such an answer is refused. Pure word answers (``Evelyn``) are not.
+    """
+    t = _MV_TEXT_ALIAS.sub(r"\\text", s)
+    t = _MV_AND_OR_TEXT.sub(",", t)
+    t = re.sub(r"\\text\s*\{\s*\}|\\\$|\$|\\!\s*", "", t)
+    m = _MV_TRAILING_TEXT.search(t)
+    if m is not None and t[: m.start()].strip():
+        dropped = m.group(1)
+        inner = re.sub(r"\\(?:text|mbox)\{|[{}]", " ", dropped)
+        if re.search(r"\d", inner):
+            return f"math-verify would drop {dropped!r}, which holds a number"
+        for w in re.findall(r"[A-Za-z]+", _COMMANDS.sub(" ", inner)):
+            if w.lower() in _VALUE_WORDS - _VALUE_WORDS_FIRST_ONLY:
+                return f"math-verify would drop {dropped!r}, which changes the value ({w.lower()!r})"
+            if w.lower() in _MULTIPLIERS:
+                return f"math-verify would drop {dropped!r}, a scale word ({w.lower()!r})"
+    plain = _COMMANDS.sub(" ", _TEXT_GROUP.sub(" ", s))
+    if re.search(r"\d", plain) or re.search(r"(?<![A-Za-z])mod(?![A-Za-z])", plain):
+        for w in _LONG_WORD.findall(plain) + re.findall(r"(?<![A-Za-z])mod(?![A-Za-z])", plain):
+            if w.lower() not in _WORDS_OK_NEAR_NUMBERS:
+                return f"plain-text word {w!r} would be read as a product of letters"
+    return None
+
+
+def _normalise(answer: str) -> str:
+    """The normalised form of ``answer`` (see :func:`_normalise_full`)."""
+    return _normalise_full(answer)[0]
 
 
 # --------------------------------------------------------------------------- parsing
@@ -277,6 +547,7 @@ def _normalise(answer: str) -> str:
 class _Parsed(NamedTuple):
     items: tuple  # math-verify's parse result: sympy objects and strings
     error: str | None  # set when math-verify raised or timed out
+    refused: str | None = None  # set when intgen's policy refuses the answer (overrides 11, 13)
 
 
 def _timeouts() -> tuple[int | None, int | None]:
@@ -300,9 +571,11 @@ def _parse_answer(answer: str) -> _Parsed:
     LaTeX extraction on ``\\boxed{answer}`` first; plain-expression extraction only when
     its match covers the whole answer (override 2). Never raises.
     """
-    s = _normalise(answer)
+    s, refusal = _normalise_full(answer)
     if not s:
         return _Parsed((), None)
+    if refusal is not None:
+        return _Parsed((), None, refusal)
     parse_timeout, _ = _timeouts()
     try:
         items = parse(
@@ -399,6 +672,8 @@ def _compare(gold: str, content: str) -> tuple[Status, str]:
     pp = _parse_answer(content)
     if pp.error is not None:
         return "ungradable", f"prediction: {pp.error}"
+    if pp.refused is not None:
+        return "ungradable", f"{REASON_PRED_UNPARSED}: {pp.refused}"
     if not _has_sympy(pp.items):
         return "ungradable", REASON_PRED_UNPARSED
     _, verify_timeout = _timeouts()

@@ -28,7 +28,7 @@ from intgen.backends import Backend, BackendError, Completion, Request, Sampling
 from intgen.config import JobSpec, resolve_path
 from intgen.models import check_model_name
 from intgen.prompts import load_prompt
-from intgen.resume import check_resume
+from intgen.resume import ResumeError, check_resume
 from intgen.store import STORE_NAME, SampleStore, StoredBackend
 from intgen.sources import Problem, Reject, load_source
 from intgen.stages import check as check_stage
@@ -433,7 +433,13 @@ def _prepare(spec: JobSpec, out_dir: str | Path, backend: Backend | None,
     resumed = (out / "job.yaml").exists()
     if resumed:
         with open(out / "job.yaml", encoding="utf-8") as f:
-            check_resume(yaml.safe_load(f), spec.resolved())
+            stored = yaml.safe_load(f)
+        try:  # through today's spec model, so keys added since then take their defaults
+            stored = JobSpec.model_validate(stored).resolved()
+        except Exception as e:
+            raise ResumeError(f"{out}/job.yaml no longer validates ({e}); resume it with the intgen version that "
+                              "made it, or choose another --out") from e
+        check_resume(stored, spec.resolved())
     inner_policy = backend or make_backend(spec.backend, spec.model)
     if proposer_backend is not None:
         inner_proposer = proposer_backend
@@ -477,6 +483,10 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
 def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
             proposer_backend: Backend | None = None, progress: bool = True, grader: GradingPool | None = None) -> RunResult:
     """Run a whole job and write its run directory (DESIGN section 4).
+
+    Grading workers (and vLLM's engine) are started with ``spawn``, so a script that
+    calls this needs the ``if __name__ == "__main__":`` guard (Python's multiprocessing
+    docs, "Safe importing of main module").
 
     Args:
         spec: the validated job spec.

