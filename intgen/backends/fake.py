@@ -99,14 +99,20 @@ def demo_script(request: Request) -> str:
     if stage == "solve":
         return "Following the reference solution step by step, I reach the same result."
     if stage == "propose":
-        n = len(re.findall(r"\*\*Substep \d+:\*\*", request.messages[-1]["content"]))
+        critique = next(m["content"] for m in reversed(request.messages) if m["role"] == "user")
+        n = len(re.findall(r"\*\*Substep \d+:\*\*", critique))
         kind = s % 3
         if kind == 2:
             return "The attempt looks fine to me."
         location = max(1, n - 1) if kind == 0 else n + 5
-        return ("Verification log: substep 1 is correct; the combination step is wrong.\n"
-                f'<intervention>{{"content": "Let me recheck how the quantities combine before going on.", '
-                f'"location": {location}}}</intervention>')
+        reply = ("Verification log: substep 1 is correct; the combination step is wrong.\n"
+                 f'<intervention>{{"content": "Let me recheck how the quantities combine before going on.", '
+                 f'"location": {location}}}</intervention>')
+        if request.continue_final:  # the prompt opened the reply (response_prefix): write only the rest of it
+            prefix = request.messages[-1]["content"]
+            reply = reply[reply.index("<intervention>"):]
+            reply = reply[len(prefix):] if reply.startswith(prefix) else reply
+        return reply
     # check and baseline continuations
     answer = gold if s % 3 == 0 else _wrong(gold)
     return f"\n\nRedoing the computation carefully.\n\nThe answer is $\\boxed{{{answer}}}$."

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from intgen.models import UnknownModelError
     from intgen.resume import ResumeError
     from intgen.runner import run_job
+    from intgen.sources import SourceError
 
     overrides = list(args.overrides)
     if args.limit is not None:
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         result = run_job(spec, out, spec_dir=Path(args.job).resolve().parent, progress=not args.quiet)
-    except (SpecError, FileNotFoundError, FileExistsError, UnknownModelError, BackendError, ResumeError) as e:
+    except (SpecError, FileNotFoundError, FileExistsError, UnknownModelError, BackendError, ResumeError,
+            SourceError) as e:
         print(f"intgen generate: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
@@ -71,6 +73,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     print_funnel(result)
+    from intgen.export import export_run
+
+    try:  # the run's tables are written; a failed export is reported, and `intgen export` redoes it
+        print(f"export: {export_run(out)}")
+    except Exception as e:  # noqa: BLE001
+        print(f"intgen generate: the run is complete, but its export failed ({type(e).__name__}: {e}); "
+              f"run `intgen export {shlex.quote(str(out))}` after fixing the cause", file=sys.stderr)
+        return 1
     return 0
 
 

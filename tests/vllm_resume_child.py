@@ -1,0 +1,44 @@
+"""Child process for the vLLM kill-and-resume test: runs the demo spec on vLLM's CPU
+build, logs the ids of the requests sent to the engine, and with KILL=N kills itself
+(SIGKILL) once N check continuations have been answered and stored.
+
+usage: python vllm_resume_child.py OUT_DIR SENT_LOG KILL
+"""
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(out_dir: str, sent_log: str, kill: int) -> None:
+    from intgen.backends.vllm import VLLMBackend
+    from intgen.config import load_spec
+    from intgen.runner import run_job
+    from intgen.store import SampleStore
+
+    original = VLLMBackend.stream
+    answered = 0
+
+    async def logged(self, requests):
+        nonlocal answered
+        with open(sent_log, "a") as f:
+            f.write("".join(r.id + "\n" for r in requests))
+        async for c in original(self, requests):
+            yield c
+            if kill and c.request_id.split("/")[-1].startswith("continuation-"):
+                answered += 1
+                if answered >= kill:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+    VLLMBackend.stream = logged
+    del SampleStore  # the store writes each answer before the runner sees it
+    spec = load_spec(ROOT / "pipelines" / "demo.yaml", ["limit=2", "rollout.k=2", "propose.m=2", "check.r=3",
+                                                         "sampling.max_tokens=96", "grading.workers=1"])
+    run_job(spec, out_dir, spec_dir=ROOT / "pipelines", progress=False)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
