@@ -99,20 +99,31 @@ def test_demo_spec_end_to_end_on_the_real_model(vllm_session):
 def test_kill_during_check_and_resume_on_vllm(tmp_path):
     """Kill the real-engine run during the check stage, resume: no sample answered before
     the kill is requested again, and the final tables are complete and consistent."""
+    import os
+    import signal
     import sqlite3
     import subprocess
     import sys
 
     child = Path(__file__).resolve().parent / "vllm_resume_child.py"
     out, first, second = tmp_path / "run", tmp_path / "sent1.log", tmp_path / "sent2.log"
-    killed = subprocess.run([sys.executable, str(child), str(out), str(first), "2"], capture_output=True, text=True,
-                            timeout=600)
-    assert killed.returncode == -9, killed.stderr[-3000:]
+    # its own process group: SIGKILL leaves vLLM's engine-core and worker processes orphaned, so
+    # the test kills the whole group afterwards (as a cluster scheduler does to a preempted job)
+    proc = subprocess.Popen([sys.executable, str(child), str(out), str(first), "2"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=900)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == -9, err[-3000:]
     with sqlite3.connect(out / "samples.sqlite") as db:
         answered = {rid for (rid,) in db.execute("SELECT request_id FROM samples")}
     assert sum("/continuation-" in rid for rid in answered) >= 2
     resumed = subprocess.run([sys.executable, str(child), str(out), str(second), "0"], capture_output=True, text=True,
-                             timeout=600)
+                             timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     sent_again = set(second.read_text().split()) if second.exists() else set()
     assert answered.isdisjoint(sent_again)
