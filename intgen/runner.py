@@ -200,13 +200,12 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
     rollouts: dict[str, dict] = {}
     requests = run.fit(run.policy, rollout_stage.build_requests(problems, spec.rollout.k, sampling,
                                                                spec.system_prompt, spec.seed), "rollout")
-    index = {r.id: j for r in requests for j in [int(r.id.rsplit("-", 1)[1])]}
 
     async def on_rollout(req: Request, c: Completion) -> None:
         if c.finish_reason == "error":
             return
         verdict = await run.grade(req, c)
-        rollouts[req.id] = rollout_stage.to_record(req, c, verdict, index[req.id])
+        rollouts[req.id] = rollout_stage.to_record(req, c, verdict)
 
     await run.execute(run.policy, requests, "rollout", on_rollout)
     rollout_rows = [rollouts[r.id] for r in requests if r.id in rollouts]
@@ -231,7 +230,7 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
 
         async def on_solve(req: Request, c: Completion) -> None:
             if c.finish_reason != "error":
-                solve_outputs[req.id.rsplit("/", 1)[0]] = c.text
+                solve_outputs[req.meta["rollout_id"]] = c.text
 
         await run.execute(run.proposer, solve_reqs, "solve", on_solve)
     cand_reqs: list[Request] = []

@@ -20,7 +20,8 @@ def solve_request(problem: Problem, rollout: dict, prompt: ProposerPrompt, sampl
     text = prompt.render_solve(problem=problem.problem, reference_solution=problem.reference_solution,
                                gold_answer=problem.gold_answer)
     return Request(rid, ({"role": "user", "content": text},), sampling, sample_seed(run_seed, rid),
-                   meta={"stage": "solve", "problem_id": problem.problem_id, "gold_answer": problem.gold_answer})
+                   meta={"stage": "solve", "problem_id": problem.problem_id, "gold_answer": problem.gold_answer,
+                         "rollout_id": rollout["rollout_id"]})
 
 
 def critique_messages(problem: Problem, rollout: dict, prompt: ProposerPrompt, solve_output: str | None,

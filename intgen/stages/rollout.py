@@ -34,15 +34,16 @@ def build_requests(problems: list[Problem], k: int, sampling: Sampling, system_p
         for j in range(k):
             rid = rollout_id(p.problem_id, j)
             out.append(Request(rid, policy_messages(p.problem, system_prompt), sampling, sample_seed(run_seed, rid),
-                               meta={"stage": "rollout", "problem_id": p.problem_id, "gold_answer": p.gold_answer}))
+                               meta={"stage": "rollout", "problem_id": p.problem_id, "gold_answer": p.gold_answer,
+                                     "rollout_index": j}))
     return out
 
 
-def to_record(request: Request, completion: Completion, verdict: Verdict, rollout_index: int) -> dict[str, Any]:
+def to_record(request: Request, completion: Completion, verdict: Verdict) -> dict[str, Any]:
     """One ``rollouts.parquet`` row. A rollout *failed* when its verdict is ``wrong`` or
     ``no_answer`` (DESIGN section 1); ``ungradable`` ones are neither passed nor failed."""
     return {
-        "rollout_id": request.id, "problem_id": request.meta["problem_id"], "rollout_index": rollout_index,
+        "rollout_id": request.id, "problem_id": request.meta["problem_id"], "rollout_index": request.meta["rollout_index"],
         "seed": request.seed, "text": completion.text, "finish_reason": completion.finish_reason,
         "extracted_answer": verdict.extracted, "verdict": verdict.status, "verdict_reason": verdict.reason,
         "failed": verdict.status in FAILED, "num_steps": len(split_steps(completion.text)),
