@@ -43,6 +43,10 @@ class SourceSpec(_Model):
     def _one_of_path_or_dataset(self) -> "SourceSpec":
         if (self.path is None) == (self.dataset is None):
             raise ValueError("give exactly one of source.path (a local file) or source.dataset (a datasets name)")
+        unknown = set(self.columns) - {"problem", "reference_solution", "gold_answer", "id"}
+        if unknown:
+            raise ValueError(f"source.columns: unknown field(s) {sorted(unknown)}; map any of problem, "
+                             "reference_solution, gold_answer, id to your column names")
         return self
 
 
@@ -79,7 +83,7 @@ class SamplingSpec(_Model):
 
     temperature: float = Field(default=0.7, ge=0.0)
     top_p: float = Field(default=0.8, gt=0.0, le=1.0)
-    top_k: int = 20
+    top_k: int = Field(default=20, ge=-1)  # -1: no top-k (vLLM's convention)
     max_tokens: int = Field(default=16384, ge=1)
 
 
@@ -127,7 +131,7 @@ class JobSpec(_Model):
     """A whole job (DESIGN section 3). ``faithful: true`` applies the paper's choices."""
 
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63)
     limit: int | None = Field(default=None, ge=1)
     source: SourceSpec | list[SourceSpec]
     model: str = "smollm2-135m-instruct"
@@ -143,6 +147,13 @@ class JobSpec(_Model):
     select: SelectSpec = Field(default_factory=SelectSpec)
     grading: GradingSpec = Field(default_factory=GradingSpec)
     faithful: bool = False
+
+    @model_validator(mode="after")
+    def _accept_within_r(self) -> "JobSpec":
+        if self.accept.min_correct > self.check.r:
+            raise ValueError(f"accept.min_correct: {self.accept.min_correct} is more than check.r = {self.check.r} "
+                             "continuations, so nothing could be accepted")
+        return self
 
     @model_validator(mode="after")
     def _faithful_preset(self) -> "JobSpec":
@@ -185,17 +196,21 @@ class JobSpec(_Model):
 
 
 def _format_validation_error(err: ValidationError) -> str:
+    errors = err.errors()
+    keys = [".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-after", "list[", "SourceSpec")))
+            for e in errors]
     lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-after", "list[", "SourceSpec")))
-        msg = e["msg"]
+    for key, e in zip(keys, errors):
+        if e["type"] in ("list_type", "model_type") and keys.count(key) > 1:
+            continue  # the other branch of a "one or a list" key already says what is wrong
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        if e["type"] == "extra_forbidden" or not key:  # a whole-spec rule: its message names the key
-            lines.append(f"  {key or 'spec'}: {msg.removeprefix('Value error, ')}")
+            lines.append(f"  {key}: unknown key")
+        elif e["type"] == "value_error" or not key:  # a rule whose message names its key
+            lines.append(f"  {key or 'spec'}: {msg}" if not msg.startswith(f"{key}:") else f"  {msg}")
         else:
             lines.append(f"  {key}: {msg} (got {e.get('input')!r})")
-    return "invalid job spec:\n" + "\n".join(lines)
+    return "invalid job spec:\n" + "\n".join(dict.fromkeys(lines))
 
 
 def load_spec(path: str | Path | None, overrides: list[str] | None = None, data: dict | None = None) -> JobSpec:
@@ -262,7 +277,9 @@ def resolve_path(value: str, spec_dir: Path | None, what: str) -> Path:
     candidates = [p] if p.is_absolute() else [Path.cwd() / p] + ([spec_dir / p] if spec_dir else []) + [REPO_ROOT / p]
     candidates = list(dict.fromkeys(c.resolve() for c in candidates))
     for c in candidates:
+        if c.is_file():
+            return c
         if c.exists():
-            return c.resolve()
+            raise FileNotFoundError(f"{what}: {c} is a folder; give a file")
     looked = ", ".join(str(c) for c in candidates)
     raise FileNotFoundError(f"{what}: {value} not found (looked in {looked})")

@@ -320,15 +320,29 @@ def build_views(run_dir: str | Path) -> dict[str, pa.Table]:
     }
 
 
+def _content_tag(table: pa.Table) -> str:
+    """8 hex digits of the sha256 of the table's Parquet bytes."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:8]
+
+
 def _write_shards(table: pa.Table, folder: Path, max_shard_bytes: int) -> list[str]:
-    """Write a non-empty table as ``train-0000i-of-0000n.parquet`` shards of about
-    ``max_shard_bytes`` each (rows split evenly); returns the file names."""
+    """Write a non-empty table as ``train-<tag>-0000i-of-0000n.parquet`` shards of about
+    ``max_shard_bytes`` each (rows split evenly); returns the file names.
+
+    ``<tag>`` is a hash of the content. ``datasets`` caches a local folder under its name
+    and config, so without it ``load_dataset("runs/x/export", "sft")`` after a re-export
+    (or of another run's ``export`` folder) returned the cached rows of an earlier one
+    (measured with datasets 5.2; huggingface/datasets#2956). The card lists the files by
+    name, so new content is a new config to the cache."""
     n = max(1, min(table.num_rows, math.ceil(table.nbytes / max_shard_bytes)))
     bounds = [round(i * table.num_rows / n) for i in range(n + 1)]
+    tag = _content_tag(table)
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for i in range(n):
-        name = f"{SPLIT}-{i:05d}-of-{n:05d}.parquet"
+        name = f"{SPLIT}-{tag}-{i:05d}-of-{n:05d}.parquet"
         pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), folder / name)
         names.append(name)
     return names
@@ -478,7 +492,7 @@ def _source_rows(problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for source, n in counts.items():
         label = source.split(":", 1)[1] if ":" in source else source
-        known = KNOWN_SOURCES.get(label)
+        known = KNOWN_SOURCES.get(label.rsplit("/", 1)[-1])  # labels are {folder}/{file}
         rows.append({"source": source, "problems": n, "known": known,
                      "license": known["license"].upper() if known else "unknown (not recorded by intgen)"})
     return rows
@@ -552,7 +566,7 @@ def render_card(run_dir: str | Path, views: dict[str, pa.Table], result: ExportR
         task_categories=["text-generation"],
         tags=["intgen", "interventions", "math", "reasoning", "sft", "grpo"],
         size_categories=[_size_category(views["interventions"].num_rows)],
-        configs=[{"config_name": c, "data_files": [{"split": SPLIT, "path": f"{c}/{SPLIT}-*"}],
+        configs=[{"config_name": c, "data_files": [{"split": SPLIT, "path": list(result.files[c])}],
                   **({"default": True} if c == "sft" else {})} for c in present],
     )
     backends = manifest.get("backends") or {}

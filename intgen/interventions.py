@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import warnings
 from dataclasses import dataclass
 
 from intgen import grading
@@ -28,11 +29,12 @@ LEAK = "answer_leak"
 _OPEN = re.compile(r"<intervention>", re.IGNORECASE)
 _CLOSE = re.compile(r"</intervention>", re.IGNORECASE)
 _FENCE = re.compile(r"^\s*```(?:json|python)?\s*|\s*```\s*$")
-# "location": 5 / "Substep 5" / "**Substep 5**" / "step #5" / 5.0
-_LOCATION = re.compile(
-    r"""["']?location["']?\s*:\s*["']?\s*(?:\*\*)?\s*(?:sub-?\s*step|step)?\s*\#?\s*(-?\d+)""",
-    re.IGNORECASE,
-)
+# the location key; its value is read from a bounded window after it (no backtracking over long runs)
+_LOCATION_KEY = re.compile(r"""["']?location["']?[ \t]*:""", re.IGNORECASE)
+# a location value: 5 / "5" / "Substep 5" / "**Substep 5**" / "step #5" (whole value, nothing else)
+_LOCATION_VALUE = re.compile(r"""[\s"'*#]*(?:sub-?step|step)?[\s#]*(-?\d{1,18})[\s"'*.]*""", re.IGNORECASE)
+_LOCATION_WINDOW = 48
+MAX_LOCATION = 10**9  # anything larger is a garbled number, not a step
 _CONTENT_START = re.compile(r"""["']?content["']?\s*:\s*(["'])""", re.IGNORECASE)
 # LaTeX commands that begin with a JSON escape letter (\n, \t, \r, \b, \f, \u): when a
 # backslash is followed by one of these words, it is LaTeX, not an escape.
@@ -91,7 +93,9 @@ def _read_dict(block: str) -> dict | None:
     text = _escape_latex(block)
     for reader in (lambda s: json.loads(s, strict=False), ast.literal_eval):
         try:
-            value = reader(text)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # literal_eval warns on odd escapes in model text
+                value = reader(text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             continue
         if isinstance(value, dict):
@@ -103,8 +107,12 @@ def _read_loose(block: str) -> tuple[str | None, str | None]:
     """Fallback for blocks with unescaped quotes inside ``content``: the content runs from
     its opening quote to the last matching quote before ``, "location"`` or the closing
     brace. Returns (content, raw location text)."""
-    loc = _LOCATION.search(block)
-    loc_text = loc.group(1) if loc else None
+    loc = _LOCATION_KEY.search(block)
+    loc_text = None
+    if loc:
+        value = re.split(r"[,}\n]", block[loc.end(): loc.end() + _LOCATION_WINDOW], maxsplit=1)[0]
+        m = _LOCATION_VALUE.fullmatch(value)
+        loc_text = m.group(1) if m else value
     start = _CONTENT_START.search(block)
     if not start:
         return None, loc_text
@@ -119,15 +127,18 @@ def _read_loose(block: str) -> tuple[str | None, str | None]:
 
 
 def _to_location(value: object) -> int | None:
+    """An integer location from an int, an integer-valued float, or a string that is only a
+    step number (``"5"``, ``"Substep 5"``, ``"**Substep 5**"``); None for anything else
+    (``3.7``, ``"1/2"``, ``"third"``, ``True``)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str):
-        m = re.search(r"-?\d+", value)
-        return int(m.group()) if m else None
+    if isinstance(value, str) and len(value) <= _LOCATION_WINDOW:
+        m = _LOCATION_VALUE.fullmatch(value)
+        return int(m.group(1)) if m else None
     return None
 
 
@@ -150,6 +161,13 @@ def parse_intervention(output: str, num_steps: int) -> ParsedIntervention:
         ``unclosed_intervention``, ``unparseable``, ``missing_location``, ``location_out_of_range`` or
         ``empty_intervention``. The leak rule is separate (:func:`leaks_answer`).
     """
+    try:
+        return _parse(output, num_steps)
+    except Exception as e:  # noqa: BLE001 - a promise: no model output makes the parser raise
+        return ParsedIntervention(UNPARSEABLE, detail=f"the parser failed on this output ({type(e).__name__}: {e})"[:300])
+
+
+def _parse(output: str, num_steps: int) -> ParsedIntervention:
     closes = list(_CLOSE.finditer(output))
     opens = [m for m in _OPEN.finditer(output) if not closes or m.end() <= closes[-1].start()]
     if not closes or not opens:
@@ -164,9 +182,8 @@ def parse_intervention(output: str, num_steps: int) -> ParsedIntervention:
         content = data.get("content")
         location = _to_location(data.get("location"))
         if content is not None and not isinstance(content, str):
-            content = json.dumps(content) if not isinstance(content, (int, float)) else str(content)
-        if location is None:
-            location = _to_location(_LOCATION.search(block).group(1)) if _LOCATION.search(block) else None
+            return ParsedIntervention(UNPARSEABLE, location=location,
+                                      detail=f"content is a {type(content).__name__}, not text")
     else:
         content, loc_text = _read_loose(block)
         location = _to_location(loc_text)
@@ -177,7 +194,7 @@ def parse_intervention(output: str, num_steps: int) -> ParsedIntervention:
     if location is None:
         return ParsedIntervention(NO_LOCATION, content=content, detail="no integer location in the intervention block")
     if not 1 <= location <= num_steps:
-        return ParsedIntervention(OUT_OF_RANGE, content=content, location=location,
+        return ParsedIntervention(OUT_OF_RANGE, content=content, location=location if abs(location) <= MAX_LOCATION else None,
                                   detail=f"location {location} is outside 1..{num_steps}")
     return ParsedIntervention(OK, content=content, location=location)
 
@@ -191,7 +208,7 @@ def _normalize(text: str) -> str:
     return text.rstrip(".").strip()
 
 
-def _boxed_contents(text: str) -> list[str]:
+def boxed_answers(text: str) -> list[str]:
     """Every ``\\boxed{}``/``\\fbox{}`` content in the text, each read by the grader's extractor."""
     starts = [m.start() for m in re.finditer(r"\\(?:boxed|fbox)", text)]
     out = []
@@ -208,7 +225,8 @@ def leaks_answer(content: str, gold: str, faithful: bool = False) -> bool:
 
     intgen's rule (DESIGN section 1): it leaks when it contains a ``\\boxed{}`` whose
     content the grader finds equal to the gold answer, or, for gold answers other than
-    a single-digit integer, when the normalized gold appears as a whole token: gold
+    a single-digit integer (or a single letter: choices A-E, a variable x), when the
+    normalized gold appears as a whole token: gold
     ``12`` matches ``x = 12`` but not ``112``, ``12x`` or ``12.5``. Normalization strips
     ``$``, ``\\left``/``\\right``, thin spaces, a trailing period and digit grouping,
     maps ``\\dfrac``/``\\tfrac`` to ``\\frac``, unwraps ``\\text{}``, and ignores whitespace inside the gold.
@@ -216,13 +234,21 @@ def leaks_answer(content: str, gold: str, faithful: bool = False) -> bool:
     The paper's code used a raw substring test ``gold in content`` (digest 2.5 and 9.4),
     which rejects most interventions when the gold is ``2``; ``faithful=True``
     reproduces it.
+
+    This calls math-verify in this process; the runner instead grades the boxed answers
+    (:func:`boxed_answers`) in its grading pool, where a pathological expression cannot
+    hang the run, and combines them with :func:`leaks_as_token`.
     """
     if faithful:
         return gold in content
-    if any(grading.answers_match(gold, box) for box in _boxed_contents(content)):
-        return True
+    return leaks_as_token(content, gold) or any(grading.answers_match(gold, box) for box in boxed_answers(content))
+
+
+def leaks_as_token(content: str, gold: str) -> bool:
+    """The token half of :func:`leaks_answer` (no math-verify call): the normalized gold
+    appears in the content as a whole token; never for a single character."""
     g = _normalize(gold)
-    if not g or re.fullmatch(r"-?\d", g):
+    if len(g.lstrip("-")) <= 1:  # a single digit or letter (A-E, x) appears in any sentence
         return False
     pattern = r"\s*".join(re.escape(ch) for ch in g if not ch.isspace())
     # a token boundary: no letter/digit (or decimal part) glued on either side

@@ -22,6 +22,12 @@ import jinja2
 from omegaconf import OmegaConf
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+#: the variables a critique template may use; solve templates get the first three
+CRITIQUE_VARIABLES = {"problem": "P", "reference_solution": "R", "gold_answer": "G", "attempt": "A", "num_steps": 3}
+
+
+class PromptError(ValueError):
+    """A prompt file that cannot be used; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -50,30 +56,40 @@ class ProposerPrompt:
 def load_prompt(path: str | Path) -> ProposerPrompt:
     """Load a proposer prompt file.
 
+    Every template is rendered once with placeholder values, so a template that uses an
+    unknown variable fails here, before any model call, not halfway through a run.
+
     Raises:
         FileNotFoundError: no such file.
-        ValueError: no ``critique`` template, an unknown key, or a template that does not compile.
+        PromptError: not YAML, no ``critique`` template, an unknown key, a template that
+            does not compile or uses a variable that does not exist.
     """
     p = Path(path)
     raw = p.read_bytes()
-    data = OmegaConf.to_container(OmegaConf.create(raw.decode("utf-8")))
+    try:
+        data = OmegaConf.to_container(OmegaConf.create(raw.decode("utf-8")))
+    except Exception as e:  # yaml, OmegaConf and decoding errors
+        raise PromptError(f"{p}: not a valid YAML prompt file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if not isinstance(data, dict) or not data.get("critique"):
-        raise ValueError(f"{p}: a proposer prompt file needs a 'critique' template")
+        raise PromptError(f"{p}: a proposer prompt file needs a 'critique' template")
     known = {"name", "solve", "critique", "examples", "response_prefix"}
     unknown = set(data) - known
     if unknown:
-        raise ValueError(f"{p}: unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
+        raise PromptError(f"{p}: unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
     examples = []
     for i, ex in enumerate(data.get("examples") or []):
         if not isinstance(ex, dict) or not isinstance(ex.get("values"), dict) or not isinstance(ex.get("response"), str):
-            raise ValueError(f"{p}: examples[{i}] needs 'values' (a mapping) and 'response' (text)")
+            raise PromptError(f"{p}: examples[{i}] needs 'values' (a mapping) and 'response' (text)")
         examples.append((ex["values"], ex["response"]))
     for key in ("solve", "critique"):
         if data.get(key):
             try:
-                _ENV.parse(data[key])
+                _ENV.from_string(data[key]).render(**CRITIQUE_VARIABLES)
             except jinja2.TemplateSyntaxError as e:
-                raise ValueError(f"{p}: template '{key}' line {e.lineno}: {e.message}") from e
+                raise PromptError(f"{p}: template '{key}' line {e.lineno}: {e.message}") from None
+            except jinja2.UndefinedError as e:
+                raise PromptError(f"{p}: template '{key}': {e.message}; the variables are "
+                                  f"{', '.join(CRITIQUE_VARIABLES)}") from None
     return ProposerPrompt(
         name=str(data.get("name") or p.stem),
         path=str(p),

@@ -22,7 +22,7 @@ import yaml
 from tqdm.auto import tqdm
 
 import intgen
-from intgen import grading, tables
+from intgen import grading, interventions, tables
 from intgen.grading_pool import GradingPool
 from intgen.backends import Backend, BackendError, Completion, Request, Sampling, make_backend
 from intgen.config import JobSpec, resolve_path
@@ -70,6 +70,7 @@ class _Run:
     tokens: dict[str, _StageTokens] = field(default_factory=lambda: defaultdict(_StageTokens))
     status: dict[str, str] = field(default_factory=lambda: {s: "pending" for s in STAGES})
     requests: dict[str, int] = field(default_factory=dict)
+    aborted: set[str] = field(default_factory=set)
     resumed: bool = False
     manifest_info: dict[str, Any] = field(default_factory=dict)
 
@@ -106,6 +107,17 @@ class _Run:
         """The verdict of one completion against its problem's gold answer, from the grading pool."""
         return await self.grader.grade(request.meta["gold_answer"], completion.text, completion.finish_reason)
 
+    async def leaks(self, content: str, gold: str) -> bool:
+        """The leak rule (:func:`intgen.interventions.leaks_answer`) with its math-verify half
+        run in the grading pool, so a pathological boxed expression cannot hang the run."""
+        if self.spec.faithful:
+            return interventions.leaks_answer(content, gold, faithful=True)
+        if interventions.leaks_as_token(content, gold):
+            return True
+        verdicts = await asyncio.gather(*(self.grader.grade(gold, "\\boxed{" + b + "}")
+                                          for b in interventions.boxed_answers(content)))
+        return any(v.status == "correct" for v in verdicts)
+
     async def execute(self, backend: Backend, requests: list[Request], stage: str,
                       on_done: Callable[[Request, Completion], Awaitable[None]]) -> None:
         """Send requests and run ``on_done`` (a coroutine: grade and record) for each
@@ -127,6 +139,9 @@ class _Run:
                 t.cached_tokens += c.cached_tokens or 0
                 if c.finish_reason == "error":
                     self.reject(stage, req.id, req.meta.get("problem_id"), "request_failed", c.error or "")
+                elif c.finish_reason == "abort" and req.id not in self.aborted:
+                    self.reject(stage, req.id, req.meta.get("problem_id"), "request_aborted",
+                                "the backend aborted this request (intgen did not ask it to)")
                 handlers.append(asyncio.create_task(on_done(req, c)))
                 bar.update(1)
                 elapsed = time.perf_counter() - start
@@ -140,31 +155,33 @@ class _Run:
 
 
 def _load_problems(run: _Run, spec: JobSpec, spec_dir: Path | None) -> list[Problem]:
+    """Every source's problems in order, without duplicate ids or unparseable gold answers
+    (each recorded as a reject), then each source's ``limit`` and the job's ``limit``:
+    limits count good problems only."""
     problems: list[Problem] = []
     seen: set[str] = set()
     for src in spec.sources:
         path = str(resolve_path(src.path, spec_dir, "source.path")) if src.path else None
         loaded, rejects = load_source(path=path, dataset=src.dataset, subset=src.subset, split=src.split,
-                                      adapter=src.adapter, columns=src.columns, limit=src.limit)
+                                      adapter=src.adapter, columns=src.columns)
         for r in rejects:
             run.reject(r.stage, r.record_id, r.problem_id, r.reason, r.detail)
+        kept = 0
         for p in loaded:
+            if (src.limit is not None and kept >= src.limit) or (spec.limit is not None and len(problems) >= spec.limit):
+                break
             if p.problem_id in seen:
                 run.reject("load", p.problem_id, p.problem_id, "duplicate_id",
                            f"problem id {p.problem_id!r} ({p.source}) was already loaded from another source")
                 continue
+            if not grading.gold_parses(p.gold_answer):
+                run.reject("load", p.problem_id, p.problem_id, "gold_unparseable",
+                           f"problem {p.problem_id}: gold_answer {p.gold_answer!r} does not parse; it cannot be graded")
+                continue
             seen.add(p.problem_id)
             problems.append(p)
-    if spec.limit is not None:
-        problems = problems[: spec.limit]
-    good = []
-    for p in problems:
-        if grading.gold_parses(p.gold_answer):
-            good.append(p)
-        else:
-            run.reject("load", p.problem_id, p.problem_id, "gold_unparseable",
-                       f"problem {p.problem_id}: gold_answer {p.gold_answer!r} does not parse; it cannot be graded")
-    return good
+            kept += 1
+    return problems
 
 
 def _versions() -> dict[str, str]:
@@ -202,7 +219,7 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
                                                                spec.system_prompt, spec.seed), "rollout")
 
     async def on_rollout(req: Request, c: Completion) -> None:
-        if c.finish_reason == "error":
+        if c.finish_reason in ("error", "abort"):
             return
         verdict = await run.grade(req, c)
         rollouts[req.id] = rollout_stage.to_record(req, c, verdict)
@@ -215,7 +232,7 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
 
     # -- propose: solve turn, then m critiques per failed rollout ------------------------
     run.status["propose"] = "running"
-    failed = []
+    failed, n_failed = [], sum(r["failed"] for r in rollout_rows)
     for row in rollout_rows:
         if not row["failed"]:
             continue
@@ -234,7 +251,7 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
 
         await run.execute(run.proposer, solve_reqs, "solve", on_solve)
     cand_reqs: list[Request] = []
-    cand_context: dict[str, tuple[dict, str | None, bool]] = {}
+    cand_context: dict[str, tuple[dict, str | None, range | None]] = {}
     ctx = run.proposer.max_model_len
     reserve = min(sampling.max_tokens, ctx // 4) if ctx else 0
     fits = (lambda msgs: run.proposer.count_prompt_tokens(msgs) + reserve <= ctx) if ctx else None
@@ -248,18 +265,21 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
             run.reject("propose", row["rollout_id"], row["problem_id"], "prompt_too_long",
                        "the proposer chat does not fit the context even with the attempt shortened")
             continue
-        messages, shortened = shaped
+        messages, omitted = shaped
         for req in propose_stage.candidate_requests(problem, row, messages, spec.propose.m, sampling, spec.seed,
                                                     continue_final=prompt.response_prefix is not None):
             cand_reqs.append(req)
-            cand_context[req.id] = (row, solve_out, shortened)
+            cand_context[req.id] = (row, solve_out, omitted)
     cand_reqs = run.fit(run.proposer, cand_reqs, "propose")
     candidates: dict[str, dict] = {}
 
     async def on_candidate(req: Request, c: Completion) -> None:
-        row, solve_out, shortened = cand_context[req.id]
-        candidates[req.id] = propose_stage.to_candidate(req, c, row, req.meta["gold_answer"], solve_out, shortened,
-                                                        faithful, prompt.response_prefix)
+        row, solve_out, omitted = cand_context[req.id]
+        parsed = propose_stage.parse_candidate(c, row, omitted, prompt.response_prefix)
+        if parsed.status == interventions.OK and await run.leaks(parsed.content, req.meta["gold_answer"]):
+            parsed = propose_stage.leak(parsed, req.meta["gold_answer"])
+        candidates[req.id] = propose_stage.to_candidate(req, c, row, parsed, solve_out, omitted is not None,
+                                                        prompt.response_prefix)
 
     await run.execute(run.proposer, cand_reqs, "propose", on_candidate)
     cand_rows = [candidates[r.id] for r in cand_reqs]
@@ -305,6 +325,7 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
         correct[cid] += verdict.status == "correct"
         if spec.check.early_stop and correct[cid] >= spec.accept.min_correct and pending[cid] and cid not in stopped:
             stopped.add(cid)
+            run.aborted.update(pending[cid])
             run.policy.abort(sorted(pending[cid]))
 
     await run.execute(run.policy, check_reqs, "check", on_check)
@@ -365,7 +386,8 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
         is_leak = c["parse_status"] == "answer_leak"
         rows.append({
             "candidate_id": cid, "accepted": cid in accepted,
-            "reject_reason": "answer_leak" if is_leak else (None if cid in accepted else "too_few_correct"),
+            "reject_reason": "answer_leak" if is_leak else (
+                None if cid in accepted else "too_few_correct" if verdicts else "no_check_samples"),
             "check_samples": len(verdicts), "check_correct": sum(v == "correct" for v in verdicts),
             "check_ungradable": sum(v == "ungradable" for v in verdicts), "check_rate": rate,
             "baseline_samples": len(bverdicts) if bverdicts else 0,
@@ -401,7 +423,7 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
     run.status["select"] = "done"
 
     funnel = {
-        "problems": len(problems), "rollouts": len(rollout_rows), "failed_rollouts": len(failed),
+        "problems": len(problems), "rollouts": len(rollout_rows), "failed_rollouts": n_failed,
         "candidates": len(cand_rows), "parsed_candidates": len(parsed), "leaked": sum(c["parse_status"] == "answer_leak" for c in cand_rows),
         "checked": len(ok), "accepted": len(accepted), "sft_rows": len(sft_rows), "rejects": len(run.rejects),
     }
@@ -480,6 +502,7 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
     open, so one engine can serve several jobs in one loop (the tests share one vLLM engine).
     A given ``grader`` is used and left open; by default a pool is made from ``spec.grading``."""
     spec = resolve_spec_paths(spec, spec_dir)
+    load_prompt(spec.propose.prompt)  # a broken prompt file stops the run before any model call
     out, policy, proposer, store, resumed = _prepare(spec, out_dir, backend, proposer_backend)
     own_grader = grader is None
     grader = grader or GradingPool(spec.grading.workers, spec.grading.timeout_s)

@@ -20,6 +20,7 @@ Adapters turn one record (a dict) into ``(problem, reference_solution, gold_answ
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -102,9 +103,11 @@ def _text(rec: dict, col: str, *, required: bool = True) -> str | None:
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise RecordError("bad_type", f"column {col!r} should be text, got {type(value).__name__}")
+    if isinstance(value, float) and math.isfinite(value):
+        return str(value)
+    raise RecordError("bad_type", f"column {col!r} should be text, got {value!r}"[:200])
 
 
 def _first_present(rec: dict, cols: tuple[str, ...]) -> str:
@@ -196,9 +199,13 @@ def _olympiadbench(rec: dict, cols: dict) -> tuple[str, str, str]:
         if col not in rec:
             raise RecordError("missing_column", f"column {col!r} is missing")
         value = rec[col]
-        items = [value] if isinstance(value, str) else list(value or [])
-        if not all(isinstance(x, str) for x in items):
-            raise RecordError("bad_type", f"column {col!r} should be a list of strings")
+        if value is None:
+            value = []
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise RecordError("bad_type", f"column {col!r} should be a list of strings, got {type(value).__name__}")
+        items = [_text({col: x}, col) for x in value]
         out.append(items)
     solutions, answers = out
     reference = solutions[0] if solutions else ""
@@ -275,7 +282,8 @@ def _read_json(path: str) -> Iterator[_Row]:
         with open(path, encoding="utf-8-sig") as f:
             records = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a valid JSON array ({e}); fix the file or write it as JSON lines") from e
+        raise SourceError(f"{path}: not a valid JSON array ({e}); fix the file, or write it as JSON lines (.jsonl), "
+                          "where a bad line is skipped and recorded") from None
     for n, rec in enumerate(records, start=1):
         yield n, rec, "", ""
 
@@ -283,7 +291,11 @@ def _read_json(path: str) -> Iterator[_Row]:
 def _read_parquet(path: str) -> Iterator[_Row]:
     import pyarrow.parquet as pq
 
-    for n, rec in enumerate(pq.read_table(path).to_pylist(), start=1):
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow.ArrowInvalid and friends: not a readable Parquet file
+        raise SourceError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+    for n, rec in enumerate(table.to_pylist(), start=1):
         yield n, rec, "", ""
 
 
@@ -361,12 +373,13 @@ def load_source(
                 f"problem source file not found: {path!r} (cwd {os.getcwd()!r}); "
                 "check the path in your config or pass an existing .jsonl/.json/.parquet file"
             )
-        label = os.path.basename(path)
+        # {folder}/{file}: files of the same name in two folders (dA/test.jsonl, dB/test.jsonl) keep distinct ids
+        label = f"{os.path.basename(os.path.dirname(os.path.abspath(path)))}/{os.path.basename(path)}"
         source = f"{adapter}:{label}"
         ext = os.path.splitext(path)[1].lower()
         readers = {".jsonl": _read_json_lines, ".json": _read_json, ".parquet": _read_parquet}
         if ext not in readers:
-            raise ValueError(f"{path}: unsupported file type {ext!r}; use .jsonl, .json or .parquet")
+            raise SourceError(f"{path}: unsupported file type {ext!r}; use .jsonl, .json or .parquet")
         rows = readers[ext](path)
     else:
         label = os.path.basename(dataset.rstrip("/")) + (f":{subset}" if subset else "") + f":{split}"
@@ -381,7 +394,7 @@ def load_source(
 
     for n, rec, reason, detail in rows:
         where = f"{label}#{n}"
-        if rec is None:
+        if reason:  # the reader could not read this line
             rejects.append(Reject("load", where, None, reason, f"{where}: {detail}"))
             continue
         if not isinstance(rec, dict):
@@ -406,6 +419,12 @@ def load_source(
             reject(e.reason, f"{e} [adapter {adapter}]")
             continue
         gold = gold.strip()
+        try:
+            for text in (problem, reference, gold):
+                text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            reject("invalid_utf8", f"a text field holds a character that is not valid UTF-8 ({e.reason})")
+            continue
         if not problem.strip():
             reject("empty_problem", f"problem text (column {cols['problem']!r}) is empty")
         elif not reference.strip():

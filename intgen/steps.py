@@ -7,7 +7,7 @@ the location it answers with, the check prefix and the SFT target all come from
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 STEP_SEPARATOR = "\n\n"
 
@@ -35,7 +35,19 @@ def number_steps(steps: list[str], start: int = 1) -> str:
     return STEP_SEPARATOR.join(f"**Substep {i}:** {s}" for i, s in enumerate(steps, start))
 
 
-def numbered_attempt(steps: list[str], fits: Callable[[str], bool] | None = None) -> tuple[str, bool] | None:
+class NumberedAttempt(NamedTuple):
+    """A numbered attempt as shown to the proposer; ``omitted`` is the range of step
+    numbers left out for length (None when every step is shown)."""
+
+    text: str
+    omitted: range | None = None
+
+    @property
+    def shortened(self) -> bool:
+        return self.omitted is not None
+
+
+def numbered_attempt(steps: list[str], fits: Callable[[str], bool] | None = None) -> NumberedAttempt | None:
     """The numbered attempt, shortened when it would not fit the context.
 
     DESIGN section 1: when the rendered chat would not fit, shorten the student attempt
@@ -49,11 +61,11 @@ def numbered_attempt(steps: list[str], fits: Callable[[str], bool] | None = None
             None means no limit.
 
     Returns:
-        ``(text, shortened)``, or None when even the first and last step alone do not fit.
+        A :class:`NumberedAttempt`, or None when even the first and last step alone do not fit.
     """
     full = number_steps(steps)
     if fits is None or fits(full):
-        return full, False
+        return NumberedAttempt(full)
     n = len(steps)
 
     def render(head: int, tail: int) -> str:
@@ -69,11 +81,11 @@ def numbered_attempt(steps: list[str], fits: Callable[[str], bool] | None = None
             mid = (lo + hi) // 2
             text = render(head, mid)
             if fits(text):
-                best, lo = text, mid + 1
+                best, lo = NumberedAttempt(text, range(head + 1, n - mid + 1)), mid + 1
             else:
                 hi = mid - 1
         if best is not None:
-            return best, True
+            return best
     return None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import subprocess
 import sys
@@ -201,7 +202,7 @@ def test_rl_rows_follow_verls_documented_fields(run):
     assert len(rl) == len(problems) == 4
     for i, (r, p) in enumerate(zip(rl, problems)):
         assert list(r)[:5] == ["data_source", "prompt", "ability", "reward_model", "extra_info"]
-        assert r["data_source"] == p["source"] == "generic:problems.jsonl"
+        assert r["data_source"] == p["source"] == "generic:src0/problems.jsonl"
         assert r["prompt"] == [{"role": "user", "content": p["problem"]}]
         assert r["ability"] == "math"
         assert r["reward_model"] == {"style": "rule", "ground_truth": p["gold_answer"]}
@@ -325,7 +326,9 @@ def test_card_metadata_funnel_ledger_and_notes(run):
     card = DatasetCard(text)
     assert card.data.license == "unknown"  # the test source is not one intgen knows
     assert [c["config_name"] for c in card.data.configs] == list(CONFIGS)
-    assert card.data.configs[2]["data_files"] == [{"split": "train", "path": "rl/train-*"}]
+    (rl_file,) = card.data.configs[2]["data_files"][0]["path"]
+    assert card.data.configs[2]["data_files"][0]["split"] == "train"
+    assert re.fullmatch(r"rl/train-[0-9a-f]{8}-00000-of-00001\.parquet", rl_file)
     stats = json.loads((run / "stats.json").read_text())
     f = stats["funnel"]
     assert f["accepted"] == 3 and f["sft_rows"] == 2
@@ -370,7 +373,8 @@ def test_export_again_replaces_the_folder_whole(run, tmp_path):
     assert {f for f in files if f.endswith(".parquet")} == {f for fs in small.files.values() for f in fs}
     again = export_run_result(run)
     files = {p.relative_to(run / "export").as_posix() for p in (run / "export").rglob("*") if p.is_file()}
-    assert {f for f in files if f.endswith(".parquet")} == {f"{c}/train-00000-of-00001.parquet" for c in CONFIGS}
+    assert {re.sub(r"train-[0-9a-f]{8}-", "train-", f) for f in files if f.endswith(".parquet")} == {
+        f"{c}/train-00000-of-00001.parquet" for c in CONFIGS}
     assert again.rows == small.rows
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no temporary folders left
 
@@ -520,7 +524,8 @@ def test_push_round_trips_through_a_fake_hub(tmp_path, problems_file, grader):
             assert loaded.to_pylist() == view(run, c).to_pylist(), (tag, c)
             assert [(f.name, f.type) for f in loaded.schema] == EXPECTED[c]
     assert len([p for p in snapshots[1] if p.startswith("rl/")]) > 1
-    assert [p for p in snapshots[2] if p.startswith("rl/")] == ["rl/train-00000-of-00001.parquet"]
+    assert [re.sub(r"train-[0-9a-f]{8}-", "train-", p) for p in snapshots[2] if p.startswith("rl/")] == [
+        "rl/train-00000-of-00001.parquet"]
     assert not any(p.startswith(("sft/", "processbench/", "llamafactory/")) for p in snapshots[3])
     assert private is True  # --private made the existing public repo private
     assert f'load_dataset("{repo}", "sft", split="train")' in snapshots[2]["README.md"].decode()
@@ -534,3 +539,18 @@ def test_push_round_trips_through_a_fake_hub(tmp_path, problems_file, grader):
                 assert TOKEN.encode() not in path.read_bytes(), path
     for snap in snapshots:
         assert all(TOKEN.encode() not in data for data in snap.values())
+
+
+def test_loading_by_folder_never_returns_an_earlier_exports_rows(tmp_path, problems_file, grader):
+    """datasets caches a local folder by its name and config: two runs' ``export`` folders,
+    or one run exported again, must not share a cache entry."""
+    import datasets
+
+    first = make_run(tmp_path / "a" / "run", problems_file, grader)
+    second = make_run(tmp_path / "b" / "run", problems_file, grader, "check.r=2")
+    export_run(first)
+    export_run(second)
+    a = datasets.load_dataset(str(first / "export"), "interventions", split="train")
+    b = datasets.load_dataset(str(second / "export"), "interventions", split="train")
+    assert a["check_samples"] != b["check_samples"]
+    assert set(b["check_samples"]) <= {0, 2}

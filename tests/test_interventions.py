@@ -43,11 +43,12 @@ def test_baseline_target_keeps_the_original_step():
 
 def test_numbered_attempt_shortens_the_middle_keeping_numbers():
     steps = [f"step {i} " + "word " * 20 for i in range(1, 21)]
-    full, shortened = numbered_attempt(steps)
-    assert not shortened and full.count("**Substep") == 20
+    full, omitted = numbered_attempt(steps)
+    assert omitted is None and full.count("**Substep") == 20
     budget = len(full) // 2
-    text, shortened = numbered_attempt(steps, fits=lambda s: len(s) <= budget)
-    assert shortened and len(text) <= budget
+    text, omitted = numbered_attempt(steps, fits=lambda s: len(s) <= budget)
+    assert len(text) <= budget
+    assert omitted[0] == 4 and f"**Substeps 4-{omitted[-1]}:** [omitted for length]" in text
     assert text.startswith("**Substep 1:** step 1 ")
     assert "**Substep 20:** step 20 " in text
     assert "[omitted for length]" in text
@@ -137,3 +138,44 @@ def test_faithful_leak_rule_is_a_raw_substring_test():
     assert leaks_answer("Use 2 steps.", "2", faithful=True) is True
     assert leaks_answer("x = 112", "12", faithful=True) is True
     assert leaks_answer("x = 13", "12", faithful=True) is False
+
+
+# -- outputs found by adversarial testing: never raise, never hang, never misread -------------
+
+@pytest.mark.parametrize("output,status,location", [
+    ('<intervention>{"content": b"x", "location": 1}</intervention>', "unparseable", 1),  # bytes literal
+    ('<intervention>{"content": {1, 2}, "location": 1}</intervention>', "unparseable", 1),  # a set
+    ('<intervention>{"content": {"step": "x"}, "location": 1}</intervention>', "unparseable", 1),
+    ('<intervention>{"content": 42, "location": 1}</intervention>', "unparseable", 1),
+    ('<intervention>{"content": "the location: 7 of the point", "location": "third"}</intervention>', "missing_location", None),
+    ('<intervention>{"content": "x", "location": 3.7}</intervention>', "missing_location", None),
+    ('<intervention>{"content": "x", "location": "3.7"}</intervention>', "missing_location", None),
+    ('<intervention>{"content": "x", "location": "1/2"}</intervention>', "missing_location", None),
+    ('<intervention>{"content": "x", "location": 1e400}</intervention>', "missing_location", None),
+    ('<intervention>{"content": "x", "location": 99999999999999999999999}</intervention>', "location_out_of_range", None),
+])
+def test_odd_values_are_rejected_not_misread(output, status, location):
+    parsed = parse_intervention(output, 9)
+    assert (parsed.status, parsed.location) == (status, location)
+
+
+def test_long_whitespace_runs_parse_in_linear_time():
+    import time
+    for n in (200, 5000):
+        start = time.monotonic()
+        parsed = parse_intervention('<intervention>{"content": "x", "location":' + " " * n + '"three"}</intervention>', 5)
+        assert parsed.status == "missing_location"
+        assert time.monotonic() - start < 0.5
+    start = time.monotonic()
+    parsed = parse_intervention('<intervention>{"content": "x \\" y", "location":' + "\n" * 5000 + "2}</intervention>", 5)
+    assert time.monotonic() - start < 0.5
+
+
+@pytest.mark.parametrize("content,gold,leaks", [
+    ("A better approach is to add the terms first.", "A", False),
+    ("Let x be the count.", "x", False),
+    ("So the choice is $\\boxed{A}$.", "A", True),
+    ("Let e be small.", "\\text{e}", False),
+])
+def test_single_character_golds_leak_only_when_boxed(content, gold, leaks):
+    assert leaks_answer(content, gold) is leaks

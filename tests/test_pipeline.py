@@ -82,7 +82,8 @@ def script(request):
 
 @pytest.fixture
 def problems_file(tmp_path):
-    path = tmp_path / "problems.jsonl"
+    (tmp_path / "data").mkdir()
+    path = tmp_path / "data" / "problems.jsonl"
     lines = [json.dumps(p) for p in PROBLEMS]
     lines.insert(3, "{broken json")
     path.write_text("\n".join(lines) + "\n")
@@ -121,7 +122,7 @@ def test_end_to_end_tables_and_funnel(tmp_path, problems_file, run):
 
     rejects = {(r["stage"], r["record_id"]): r["reason"] for r in read(out, "rejects")}
     assert rejects == {
-        ("load", "problems.jsonl#4"): "malformed_json",
+        ("load", "data/problems.jsonl#4"): "malformed_json",
         ("load", "no-gold"): "missing_gold_answer",
         ("load", P1): "duplicate_id",
         ("load", "bad-gold"): "gold_unparseable",
@@ -343,3 +344,50 @@ def test_seeds_are_stable_and_distinct(tmp_path, problems_file, run):
     assert len(set(seeds)) == len(seeds)
     _, out2, _ = run(tmp_path / "again", problems_file)
     assert [r["seed"] for r in read(out2, "rollouts")] == seeds
+
+
+def test_pathological_boxed_answer_in_an_intervention_cannot_hang_the_run(tmp_path, problems_file):
+    from intgen.grading_pool import GradingPool
+
+    def tower(request):
+        if request.meta["stage"] == "propose" and request.id == f"{P1}/rollout-1/candidate-0":
+            return block("Maybe it is $\\boxed{10^{10^{10^{10}}}}$, let me check.", 2)
+        return script(request)
+
+    with GradingPool(workers=1, timeout_s=1.0) as pool:
+        result = run_job(make_spec(problems_file), tmp_path / "run", backend=FakeBackend(tower), progress=False,
+                         grader=pool)
+    cands = {c["candidate_id"]: c for c in read(tmp_path / "run", "candidates")}
+    # the boxed tower is ungradable (not equal to the gold), so it is not a leak; the run finished
+    assert cands[f"{P1}/rollout-1/candidate-0"]["parse_status"] == "ok"
+    assert result.funnel["checked"] == 5
+
+
+def test_location_among_omitted_steps_is_rejected(tmp_path, problems_file, run):
+    long_trace = "\n\n".join(f"Step {i}: " + "word " * 30 for i in range(1, 41)) + "\n\n$\\boxed{13}$"
+
+    def omitted(request):
+        if request.meta["stage"] == "rollout" and request.id == f"{P1}/rollout-1":
+            return long_trace
+        if request.meta["stage"] == "propose" and request.id == f"{P1}/rollout-1/candidate-0":
+            return block("Recompute.", 20)
+        return script(request)
+
+    _, out, _ = run(tmp_path, problems_file, "sampling.max_tokens=100", backend=FakeBackend(omitted, max_model_len=1200))
+    cand = {c["candidate_id"]: c for c in read(out, "candidates")}[f"{P1}/rollout-1/candidate-0"]
+    assert cand["attempt_shortened"] and cand["parse_status"] == "location_not_shown" and cand["location"] == 20
+
+
+def test_backend_aborts_nobody_asked_for_are_recorded(tmp_path, problems_file, run):
+    from intgen.backends.base import Completion
+
+    def aborting(request):
+        if request.id == f"{P1}/rollout-1/candidate-0/continuation-1":
+            return Completion(request.id, "", "abort")
+        return script(request)
+
+    _, out, _ = run(tmp_path, problems_file, backend=FakeBackend(aborting))
+    rejects = {(r["record_id"], r["reason"]) for r in read(out, "rejects")}
+    assert (f"{P1}/rollout-1/candidate-0/continuation-1", "request_aborted") in rejects
+    row = {r["candidate_id"]: r for r in read(out, "interventions")}[f"{P1}/rollout-1/candidate-0"]
+    assert row["check_samples"] == 3

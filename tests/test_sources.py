@@ -10,6 +10,14 @@ import pytest
 from intgen.grading import extract_boxed as last_boxed
 from intgen.sources import Problem, Reject, load_source
 
+
+@pytest.fixture
+def tmp_path(tmp_path):
+    """Files of a test live in a folder named ``d``: their ids are ``d/<file>#<line>``."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    return folder
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
 
@@ -68,8 +76,8 @@ def test_gsm8k_record(tmp_path):
     problems, rejects = load_source(path=str(f), adapter="gsm8k")
     assert rejects == []
     assert problems[0] == Problem(
-        problem_id="test.jsonl#1",
-        source="gsm8k:test.jsonl",
+        problem_id="d/test.jsonl#1",
+        source="gsm8k:d/test.jsonl",
         problem=JANET_Q,
         reference_solution=(
             "Janet sells 16 - 3 - 4 = 9 duck eggs a day.\n"
@@ -77,7 +85,7 @@ def test_gsm8k_record(tmp_path):
         ),
         gold_answer="18",
     )
-    assert problems[1].problem_id == "test.jsonl#2"
+    assert problems[1].problem_id == "d/test.jsonl#2"
     assert problems[1].gold_answer == "1250"
     assert problems[1].reference_solution == "It costs 1,000 + 250 = 1,250 dollars."
 
@@ -103,9 +111,9 @@ def test_gsm8k_rejects(tmp_path):
         "missing_reference_solution",
         "missing_gold_answer",
     ]
-    assert [r.record_id for r in rejects] == ["g.jsonl#1", "g.jsonl#2", "g.jsonl#3", "g.jsonl#4", "g.jsonl#5"]
+    assert [r.record_id for r in rejects] == ["d/g.jsonl#1", "d/g.jsonl#2", "d/g.jsonl#3", "d/g.jsonl#4", "d/g.jsonl#5"]
     assert all(r.stage == "load" for r in rejects)
-    assert "'question'" in rejects[2].detail and "g.jsonl#3" in rejects[2].detail
+    assert "'question'" in rejects[2].detail and "d/g.jsonl#3" in rejects[2].detail
     assert "'answer'" in rejects[0].detail and "####" in rejects[0].detail
 
 
@@ -132,13 +140,13 @@ def test_math_answer_field_and_boxed_fallback(tmp_path):
         ("test/algebra/3.json", r"\sqrt{2}"),
     ]
     assert problems[1].reference_solution == r"$\boxed{1}$ no, $\boxed{\frac{1}{2}}$"
-    assert problems[0].source == "math:math.jsonl"
+    assert problems[0].source == "math:d/math.jsonl"
     assert [(r.record_id, r.reason) for r in rejects] == [
         ("test/algebra/4.json", "missing_gold_answer"),
         ("train/number_theory/7115.json", "missing_gold_answer"),
     ]
     assert rejects[0].problem_id == "test/algebra/4.json"
-    assert "math.jsonl#4" in rejects[0].detail
+    assert "d/math.jsonl#4" in rejects[0].detail
 
 
 # ----------------------------------------------------------------------------- olympiadbench
@@ -185,13 +193,13 @@ def test_generic_defaults_and_fallbacks(tmp_path):
     )
     problems, rejects = load_source(path=str(f))  # adapter="generic" is the default
     assert problems == [
-        Problem("gen.jsonl#1", "generic:gen.jsonl", "P1", "R1", "A1"),
-        Problem("42", "generic:gen.jsonl", "P2", "R2", "A2"),
+        Problem("d/gen.jsonl#1", "generic:d/gen.jsonl", "P1", "R1", "A1"),
+        Problem("42", "generic:d/gen.jsonl", "P2", "R2", "A2"),
     ]
     assert [(r.record_id, r.reason) for r in rejects] == [
-        ("gen.jsonl#3", "missing_column"),
-        ("gen.jsonl#4", "missing_reference_solution"),
-        ("gen.jsonl#5", "empty_problem"),
+        ("d/gen.jsonl#3", "missing_column"),
+        ("d/gen.jsonl#4", "missing_reference_solution"),
+        ("d/gen.jsonl#5", "empty_problem"),
     ]
     assert "'reference_solution' / 'solution'" in rejects[0].detail
 
@@ -204,14 +212,14 @@ def test_columns_override(tmp_path):
     cols = {"problem": "text", "reference_solution": "worked", "gold_answer": "final", "id": "qid"}
     problems, rejects = load_source(path=str(f), columns=cols)
     assert rejects == []
-    assert problems == [Problem("a-1", "generic:custom.jsonl", "What is 2+2?", "2+2=4", "4")]
+    assert problems == [Problem("a-1", "generic:d/custom.jsonl", "What is 2+2?", "2+2=4", "4")]
 
     # overrides work for named adapters too
     g = write_jsonl(tmp_path / "g.jsonl", [{"key": "k9", "q": "Q", "sol": "a = <<1+1=2>>2\n#### 2"}])
     problems, _ = load_source(
         path=str(g), adapter="gsm8k", columns={"problem": "q", "reference_solution": "sol", "gold_answer": "sol", "id": "key"}
     )
-    assert problems == [Problem("k9", "gsm8k:g.jsonl", "Q", "a = 2", "2")]
+    assert problems == [Problem("k9", "gsm8k:d/g.jsonl", "Q", "a = 2", "2")]
 
 
 # ----------------------------------------------------------------------------- robustness
@@ -234,13 +242,13 @@ def test_bad_lines_do_not_stop_loading(tmp_path):
         + b"\n"
     )
     problems, rejects = load_source(path=str(f))
-    assert [p.problem_id for p in problems] == ["mixed.jsonl#1", "mixed.jsonl#6"]
+    assert [p.problem_id for p in problems] == ["d/mixed.jsonl#1", "d/mixed.jsonl#6"]
     assert [(r.record_id, r.problem_id, r.reason) for r in rejects] == [
-        ("mixed.jsonl#2", None, "malformed_json"),
-        ("mixed.jsonl#4", None, "invalid_utf8"),
-        ("mixed.jsonl#5", None, "malformed_json"),
+        ("d/mixed.jsonl#2", None, "malformed_json"),
+        ("d/mixed.jsonl#4", None, "invalid_utf8"),
+        ("d/mixed.jsonl#5", None, "malformed_json"),
     ]
-    assert rejects[1].detail.startswith("mixed.jsonl#4: line 4 is not valid UTF-8")
+    assert rejects[1].detail.startswith("d/mixed.jsonl#4: line 4 is not valid UTF-8")
 
 
 def test_duplicate_id_keeps_first(tmp_path):
@@ -255,7 +263,7 @@ def test_duplicate_id_keeps_first(tmp_path):
     problems, rejects = load_source(path=str(f))
     assert [(p.problem_id, p.problem) for p in problems] == [("x", "first"), ("y", "other")]
     assert [(r.record_id, r.problem_id, r.reason) for r in rejects] == [("x", "x", "duplicate_id")]
-    assert "dup.jsonl#3" in rejects[0].detail
+    assert "d/dup.jsonl#3" in rejects[0].detail
 
 
 def test_limit_counts_good_problems(tmp_path):
@@ -264,7 +272,7 @@ def test_limit_counts_good_problems(tmp_path):
     ]
     f = write_jsonl(tmp_path / "lim.jsonl", recs)
     problems, rejects = load_source(path=str(f), limit=3)
-    assert [p.problem_id for p in problems] == ["lim.jsonl#2", "lim.jsonl#3", "lim.jsonl#4"]
+    assert [p.problem_id for p in problems] == ["d/lim.jsonl#2", "d/lim.jsonl#3", "d/lim.jsonl#4"]
     assert reasons(rejects) == ["empty_problem"]
     assert load_source(path=str(f), limit=0) == ([], [])
 
@@ -303,7 +311,7 @@ def test_json_array_and_json_lines(tmp_path):
         ("test/prealgebra/1.json", "5"),
         ("test/prealgebra/2.json", r"\frac{3}{4}"),
     ]
-    assert [(r.record_id, r.reason) for r in rejects] == [("arr.json#3", "malformed_json")]
+    assert [(r.record_id, r.reason) for r in rejects] == [("d/arr.json#3", "malformed_json")]
 
     lines = write_jsonl(tmp_path / "lines.json", ROWS)
     problems, rejects = load_source(path=str(lines), adapter="math")
@@ -318,8 +326,8 @@ def test_parquet(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
     problems, rejects = load_source(path=str(tmp_path / "t.parquet"))
     assert problems == [
-        Problem("t.parquet#1", "generic:t.parquet", "P1", "S1", "1"),
-        Problem("t.parquet#2", "generic:t.parquet", "P2", "S2", "2"),
+        Problem("d/t.parquet#1", "generic:d/t.parquet", "P1", "S1", "1"),
+        Problem("d/t.parquet#2", "generic:d/t.parquet", "P2", "S2", "2"),
     ]
     assert rejects == []
 
@@ -367,7 +375,7 @@ def test_demo_gsm8k():
     assert problems[-1].problem_id == "gsm8k/test.jsonl#50"
     assert problems[0].problem == JANET_Q
     assert problems[0].gold_answer == "18"
-    assert problems[0].source == "gsm8k:gsm8k_test_50.jsonl"
+    assert problems[0].source == "gsm8k:demo/gsm8k_test_50.jsonl"
     assert all("<<" not in p.reference_solution and "####" not in p.reference_solution for p in problems)
 
 
@@ -387,3 +395,42 @@ def test_reject_is_frozen():
     r = Reject("load", "a#1", None, "malformed_json", "a#1: bad")
     with pytest.raises(AttributeError):
         r.reason = "x"  # type: ignore[misc]
+
+
+def test_adversarial_records_are_rejects_not_crashes(tmp_path):
+    import json as _json
+    lines = [
+        '{"problem": "bad \\ud800 text", "solution": "s", "answer": "1"}',  # a lone surrogate
+        "null",
+        '{"problem": "p", "solution": "s", "answer": NaN}',
+        '{"problem": "ok", "solution": "s", "answer": "3"}',
+    ]
+    (tmp_path / "adv.jsonl").write_text("\n".join(lines) + "\n")
+    problems, rejects = load_source(path=str(tmp_path / "adv.jsonl"))
+    assert [p.problem_id for p in problems] == ["d/adv.jsonl#4"]
+    assert [(r.record_id, r.reason) for r in rejects] == [
+        ("d/adv.jsonl#1", "invalid_utf8"), ("d/adv.jsonl#2", "malformed_json"), ("d/adv.jsonl#3", "bad_type")]
+    assert "got null" in rejects[1].detail.lower() or "nonetype" in rejects[1].detail.lower()
+    rec = {"id": 1, "question": "Q", "solution": ["S"], "final_answer": 5}
+    (tmp_path / "ob.jsonl").write_text(_json.dumps(rec) + "\n" + _json.dumps({**rec, "id": 2, "final_answer": {"a": "5"}}) + "\n")
+    problems, rejects = load_source(path=str(tmp_path / "ob.jsonl"), adapter="olympiadbench")
+    assert [(p.problem_id, p.gold_answer) for p in problems] == [("olympiadbench/1", "5")]
+    assert [r.reason for r in rejects] == ["bad_type"]
+
+
+def test_same_file_name_in_two_folders_keeps_distinct_ids(tmp_path):
+    for folder in ("dA", "dB"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "test.jsonl").write_text('{"problem": "p", "solution": "s", "answer": "1"}\n')
+    ids = [load_source(path=str(tmp_path / f / "test.jsonl"))[0][0].problem_id for f in ("dA", "dB")]
+    assert ids == ["dA/test.jsonl#1", "dB/test.jsonl#1"]
+
+
+def test_unreadable_files_stop_with_a_source_error(tmp_path):
+    from intgen.sources import SourceError
+    (tmp_path / "x.txt").write_text("hi")
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    (tmp_path / "arr.json").write_text('[{"problem": "p"}, {broken')
+    for name in ("x.txt", "bad.parquet", "arr.json"):
+        with pytest.raises(SourceError, match=name.replace(".", r"\.")):
+            load_source(path=str(tmp_path / name))

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from intgen.models import UnknownModelError
     from intgen.resume import ResumeError
     from intgen.runner import run_job
+    from intgen.prompts import PromptError
     from intgen.sources import SourceError
 
     overrides = list(args.overrides)
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_job(spec, out, spec_dir=Path(args.job).resolve().parent, progress=not args.quiet)
     except (SpecError, FileNotFoundError, FileExistsError, UnknownModelError, BackendError, ResumeError,
-            SourceError) as e:
+            SourceError, PromptError, NotADirectoryError) as e:
         print(f"intgen generate: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

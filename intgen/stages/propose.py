@@ -25,12 +25,12 @@ def solve_request(problem: Problem, rollout: dict, prompt: ProposerPrompt, sampl
 
 
 def critique_messages(problem: Problem, rollout: dict, prompt: ProposerPrompt, solve_output: str | None,
-                      fits: Callable[[tuple[dict, ...]], bool] | None) -> tuple[tuple[dict, ...], bool] | None:
+                      fits: Callable[[tuple[dict, ...]], bool] | None) -> tuple[tuple[dict, ...], range | None] | None:
     """The whole proposer chat for one failed rollout: the solve turn and its answer (when
     the prompt has ``solve``), worked examples, the critique, and an open assistant turn
     holding ``response_prefix`` (when set). The numbered attempt is shortened (never the
-    rendered prompt cut) when it would not fit. Returns (messages, shortened), or None
-    when even the shortest attempt does not fit."""
+    rendered prompt cut) when it would not fit. Returns (messages, omitted step numbers or
+    None), or None when even the shortest attempt does not fit."""
     steps = split_steps(rollout["text"])
     head: list[dict] = []
     if prompt.solve is not None:
@@ -50,7 +50,7 @@ def critique_messages(problem: Problem, rollout: dict, prompt: ProposerPrompt, s
     shaped = numbered_attempt(steps, None if fits is None else (lambda attempt: fits(chat(attempt))))
     if shaped is None:
         return None
-    return chat(shaped[0]), shaped[1]
+    return chat(shaped.text), shaped.omitted
 
 
 def candidate_requests(problem: Problem, rollout: dict, messages: tuple[dict, ...], m: int, sampling: Sampling,
@@ -66,20 +66,34 @@ def candidate_requests(problem: Problem, rollout: dict, messages: tuple[dict, ..
     return out
 
 
-def to_candidate(request: Request, completion: Completion, rollout: dict, gold: str, solve_output: str | None,
-                 shortened: bool, faithful: bool, response_prefix: str | None = None) -> dict[str, Any]:
+def parse_candidate(completion: Completion, rollout: dict, omitted: range | None,
+                    response_prefix: str | None = None) -> interventions.ParsedIntervention:
+    """Parse one proposer output (``response_prefix`` + the model's text) against the failed
+    trace's steps. A location among the steps omitted from a shortened attempt is
+    ``location_not_shown``: the proposer never saw that step. The leak rule is applied by
+    the caller (it needs the grader)."""
+    if completion.finish_reason in ("error", "abort"):
+        return interventions.ParsedIntervention("request_failed", detail=completion.error or completion.finish_reason)
+    parsed = interventions.parse_intervention((response_prefix or "") + completion.text,
+                                              len(split_steps(rollout["text"])))
+    if parsed.status == interventions.OK and omitted is not None and parsed.location in omitted:
+        return interventions.ParsedIntervention(
+            "location_not_shown", parsed.content, parsed.location,
+            f"location {parsed.location} is among the substeps {omitted.start}-{omitted.stop - 1} omitted for length")
+    return parsed
+
+
+def leak(parsed: interventions.ParsedIntervention, gold: str) -> interventions.ParsedIntervention:
+    """The same candidate, rejected as ``answer_leak``."""
+    return interventions.ParsedIntervention(interventions.LEAK, parsed.content, parsed.location,
+                                            f"the intervention gives away the gold answer {gold!r}")
+
+
+def to_candidate(request: Request, completion: Completion, rollout: dict, parsed: interventions.ParsedIntervention,
+                 solve_output: str | None, shortened: bool, response_prefix: str | None = None) -> dict[str, Any]:
     """One ``candidates.parquet`` row: the raw output (``response_prefix`` + the model's
-    text), its parse status (``ok`` or the reason it is not usable, the leak rule
-    included) and what was parsed."""
-    num_steps = len(split_steps(rollout["text"]))
+    text), its parse status (``ok`` or the reason it is not usable) and what was parsed."""
     raw = (response_prefix or "") + completion.text
-    if completion.finish_reason == "error":
-        parsed = interventions.ParsedIntervention("request_failed", detail=completion.error or "")
-    else:
-        parsed = interventions.parse_intervention(raw, num_steps)
-        if parsed.status == interventions.OK and interventions.leaks_answer(parsed.content, gold, faithful=faithful):
-            parsed = interventions.ParsedIntervention(interventions.LEAK, parsed.content, parsed.location,
-                                                      f"the intervention gives away the gold answer {gold!r}")
     return {
         "candidate_id": request.id, "rollout_id": rollout["rollout_id"], "problem_id": rollout["problem_id"],
         "rollout_index": rollout["rollout_index"], "candidate_index": request.meta["candidate_index"],
