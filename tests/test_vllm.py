@@ -4,7 +4,6 @@ One engine for the whole test session (CI time): a single event loop starts it, 
 the probes and the demo spec through it, and the tests assert on what was recorded.
 """
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -21,12 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def vllm_session(tmp_path_factory):
-    from intgen.backends.vllm import VLLMBackend
-
+def vllm_session(tmp_path_factory, vllm_engine):
+    host, backend = vllm_engine
     spec = load_spec(ROOT / "pipelines" / "demo.yaml", ["limit=3", "rollout.k=2", "propose.m=2", "check.r=3",
                                                          "sampling.max_tokens=160"])
-    backend = VLLMBackend(spec.model, spec.backend)
     out = tmp_path_factory.mktemp("vllm") / "run"
     sampling = Sampling(temperature=0.7, top_p=0.8, top_k=20, max_tokens=48)
     msgs = ({"role": "user", "content": "What is 2 + 3? Answer briefly."},)
@@ -35,18 +32,13 @@ def vllm_session(tmp_path_factory):
     cont = ({"role": "user", "content": "Count to five."}, {"role": "assistant", "content": "One, two,"})
     probes.append(Request("continue", cont, sampling, seed=7, continue_final=True))
 
-    async def main():
-        await backend.start()
-        try:
-            answers = {c.request_id: c async for c in backend.stream(probes)}
-            rendered = backend.tokenizer.decode(backend.render(cont, continue_final=True))
-            result = await run_job_async(spec, out, spec_dir=ROOT / "pipelines", backend=backend, progress=False,
-                                         close=False)
-            return answers, rendered, result
-        finally:
-            await backend.close()
+    async def probe():
+        return {c.request_id: c async for c in backend.stream(probes)}
 
-    answers, rendered, result = asyncio.run(main())
+    answers = host.run(probe())
+    rendered = backend.tokenizer.decode(backend.render(cont, continue_final=True))
+    result = host.run(run_job_async(spec, out, spec_dir=ROOT / "pipelines", backend=backend, progress=False,
+                                    close=False))
     return {"answers": answers, "rendered": rendered, "result": result, "out": out}
 
 
