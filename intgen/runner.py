@@ -13,7 +13,7 @@ import json
 import platform
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
@@ -25,12 +25,13 @@ import intgen
 from intgen import grading, interventions, tables
 from intgen.grading_pool import GradingPool
 from intgen.backends import Backend, BackendError, Completion, Request, Sampling, make_backend
+from intgen.backends.base import clamp_to_context
 from intgen.config import JobSpec, resolve_path
 from intgen.models import check_model_name
 from intgen.prompts import load_prompt
 from intgen.resume import ResumeError, check_resume
 from intgen.store import STORE_NAME, SampleStore, StoredBackend
-from intgen.sources import Problem, Reject, load_source
+from intgen.sources import Problem, load_source
 from intgen.stages import check as check_stage
 from intgen.stages import propose as propose_stage
 from intgen.stages import rollout as rollout_stage
@@ -91,16 +92,13 @@ class _Run:
         prompt alone fills the context is recorded as a reject and not sent."""
         out = []
         for req in requests:
-            if backend.max_model_len:
+            fitted = clamp_to_context(backend, req)
+            if fitted is None:
                 n = backend.count_prompt_tokens(req.messages, req.continue_final)
-                room = backend.max_model_len - n
-                if room < 1:
-                    self.reject(stage, req.id, req.meta.get("problem_id"), "prompt_too_long",
-                                f"the prompt has {n} tokens; the context is {backend.max_model_len}")
-                    continue
-                if req.sampling.max_tokens > room:
-                    req = replace(req, sampling=replace(req.sampling, max_tokens=room))
-            out.append(req)
+                self.reject(stage, req.id, req.meta.get("problem_id"), "prompt_too_long",
+                            f"the prompt has {n} tokens; the context is {backend.max_model_len}")
+                continue
+            out.append(fitted)
         return out
 
     async def grade(self, request: Request, completion: Completion) -> grading.Verdict:
@@ -432,6 +430,13 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
              "parse_status": _count(c["parse_status"] for c in cand_rows),
              "grading": {"cache_hits": run.grader.hits, "cache_misses": run.grader.misses},
              "reused_samples": sum(getattr(b, "reused", 0) for b in {id(run.policy): run.policy, id(run.proposer): run.proposer}.values())}
+    previous = out / "stats.json"
+    if previous.exists():  # keep what other commands added (``intgen eval lift`` writes ``lift``)
+        try:
+            old = json.loads(previous.read_text())
+            stats.update({k: v for k, v in old.items() if k not in stats})
+        except (OSError, ValueError):
+            pass
     tables.write_json(stats, out / "stats.json")
     manifest(final=True)
     return RunResult(out, funnel, stats)

@@ -6,7 +6,6 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from intgen.backends.base import Completion
 from intgen.backends.fake import FakeBackend
 from intgen.config import load_spec
 from intgen.runner import run_job

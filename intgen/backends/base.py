@@ -10,6 +10,7 @@ what lets the runner grade and record answers while the engine generates.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterable, Sequence
@@ -115,3 +116,17 @@ def sample_seed(run_seed: int, sample_id: str) -> int:
     """
     digest = hashlib.sha256(f"{run_seed}:{sample_id}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def clamp_to_context(backend: Backend, request: Request) -> Request | None:
+    """The request with ``max_tokens`` clamped to the context left after its prompt
+    (DESIGN section 5), or None when the prompt alone fills the backend's context.
+    Unchanged when the backend reports no context length."""
+    if not backend.max_model_len:
+        return request
+    room = backend.max_model_len - backend.count_prompt_tokens(request.messages, request.continue_final)
+    if room < 1:
+        return None
+    if request.sampling.max_tokens > room:
+        return dataclasses.replace(request, sampling=dataclasses.replace(request.sampling, max_tokens=room))
+    return request

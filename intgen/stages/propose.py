@@ -24,33 +24,46 @@ def solve_request(problem: Problem, rollout: dict, prompt: ProposerPrompt, sampl
                          "rollout_id": rollout["rollout_id"]})
 
 
-def critique_messages(problem: Problem, rollout: dict, prompt: ProposerPrompt, solve_output: str | None,
-                      fits: Callable[[tuple[dict, ...]], bool] | None) -> tuple[tuple[dict, ...], range | None] | None:
-    """The whole proposer chat for one failed rollout: the solve turn and its answer (when
-    the prompt has ``solve``), worked examples, the critique, and an open assistant turn
-    holding ``response_prefix`` (when set). The numbered attempt is shortened (never the
-    rendered prompt cut) when it would not fit. Returns (messages, omitted step numbers or
-    None), or None when even the shortest attempt does not fit."""
-    steps = split_steps(rollout["text"])
-    head: list[dict] = []
-    if prompt.solve is not None:
-        head = [{"role": "user", "content": prompt.render_solve(problem=problem.problem,
-                 reference_solution=problem.reference_solution, gold_answer=problem.gold_answer)},
-                {"role": "assistant", "content": solve_output or ""}]
+def proposer_chat(prompt: ProposerPrompt, values: dict[str, Any], steps: list[str], solve_turn: tuple[str, str] | None,
+                  fits: Callable[[tuple[dict, ...]], bool] | None) -> tuple[tuple[dict, ...], range | None] | None:
+    """The whole proposer chat: the solve turn and the model's answer to it (``solve_turn``,
+    when the prompt has ``solve``), the prompt's worked examples, the critique of the
+    numbered ``steps`` (rendered with ``values`` plus ``attempt``), and an open assistant
+    turn holding ``response_prefix`` (when set). The numbered attempt is shortened (never
+    the rendered prompt cut) when it would not fit (DESIGN section 1).
 
-    for values, response in prompt.examples:
-        head += [{"role": "user", "content": prompt.render_critique(**values)}, {"role": "assistant", "content": response}]
+    Returns:
+        (messages, the step numbers omitted from a shortened attempt, or None), or None when
+        even the shortest attempt does not fit.
+    """
+    head: list[dict] = []
+    if solve_turn is not None:
+        head = [{"role": "user", "content": solve_turn[0]}, {"role": "assistant", "content": solve_turn[1]}]
+    for example_values, response in prompt.examples:
+        head += [{"role": "user", "content": prompt.render_critique(**example_values)},
+                 {"role": "assistant", "content": response}]
     tail = [{"role": "assistant", "content": prompt.response_prefix}] if prompt.response_prefix else []
 
     def chat(attempt: str) -> tuple[dict, ...]:
-        critique = prompt.render_critique(problem=problem.problem, reference_solution=problem.reference_solution,
-                                          gold_answer=problem.gold_answer, attempt=attempt, num_steps=len(steps))
-        return tuple(head + [{"role": "user", "content": critique}] + tail)
+        return tuple(head + [{"role": "user", "content": prompt.render_critique(**values, attempt=attempt)}] + tail)
 
     shaped = numbered_attempt(steps, None if fits is None else (lambda attempt: fits(chat(attempt))))
     if shaped is None:
         return None
     return chat(shaped.text), shaped.omitted
+
+
+def critique_messages(problem: Problem, rollout: dict, prompt: ProposerPrompt, solve_output: str | None,
+                      fits: Callable[[tuple[dict, ...]], bool] | None) -> tuple[tuple[dict, ...], range | None] | None:
+    """:func:`proposer_chat` for one failed rollout of the run (its steps from :func:`split_steps`)."""
+    steps = split_steps(rollout["text"])
+    values = {"problem": problem.problem, "reference_solution": problem.reference_solution,
+              "gold_answer": problem.gold_answer, "num_steps": len(steps)}
+    solve_turn = None
+    if prompt.solve is not None:
+        solve_turn = (prompt.render_solve(problem=problem.problem, reference_solution=problem.reference_solution,
+                                          gold_answer=problem.gold_answer), solve_output or "")
+    return proposer_chat(prompt, values, steps, solve_turn, fits)
 
 
 def candidate_requests(problem: Problem, rollout: dict, messages: tuple[dict, ...], m: int, sampling: Sampling,
@@ -76,6 +89,12 @@ def parse_candidate(completion: Completion, rollout: dict, omitted: range | None
         return interventions.ParsedIntervention("request_failed", detail=completion.error or completion.finish_reason)
     parsed = interventions.parse_intervention((response_prefix or "") + completion.text,
                                               len(split_steps(rollout["text"])))
+    return shown_location(parsed, omitted)
+
+
+def shown_location(parsed: interventions.ParsedIntervention, omitted: range | None) -> interventions.ParsedIntervention:
+    """A parsed candidate whose location is among the steps omitted from a shortened
+    attempt becomes ``location_not_shown``: the proposer never saw that step."""
     if parsed.status == interventions.OK and omitted is not None and parsed.location in omitted:
         return interventions.ParsedIntervention(
             "location_not_shown", parsed.content, parsed.location,
