@@ -4,8 +4,8 @@ DESIGN section 6: math-verify's timeouts use ``signal.alarm``, which fails off t
 thread, and a pathological expression (``9^{9^{9^{9}}}``) can hold the GIL. So grading
 runs in a pool of worker processes (``pebble.ProcessPool``) with a hard per-item time
 limit: a worker that overruns it is killed and replaced, and that item is
-``ungradable``. Never one process per item (the paper's code; about 166 ms a verdict
-here), never a thread pool. The pool is usable from any thread and from the process
+``ungradable``. Never one process per item (the paper's code; 83-125 ms a verdict
+here, benchmarks/grading.py), never a thread pool. The pool is usable from any thread and from the process
 that hosts vLLM (workers are started with ``spawn``, never forked from a threaded
 engine process).
 

@@ -66,66 +66,66 @@ def test_extract_boxed(text, expected):
 
 # ----------------------------------------------------------------------------- grade_answer
 
-@pytest.mark.parametrize(
-    "gold, content, status",
-    [
-        # integers
-        ("42", "42", "correct"),
-        ("42", "43", "wrong"),
-        ("-7", "-7", "correct"),
-        ("42", "42.0", "correct"),
-        # fractions and decimals
-        (r"\frac{1}{2}", "0.5", "correct"),
-        (r"\frac{1}{2}", r"\dfrac12", "correct"),
-        (r"\frac{1}{2}", r"\tfrac{1}{2}", "correct"),
-        ("0.5", r"\frac12", "correct"),
-        ("1/2", r"\frac{1}{2}", "correct"),
-        (r"\frac{1}{2}", r"\frac{1}{3}", "wrong"),
-        (r"\frac{1}{3}", "0.333333", "correct"),  # math-verify's 6-decimal rounding, kept
-        (r"\frac{1}{3}", "0.33", "wrong"),
-        # tuples, sets, intervals, inequalities
-        ("(1, 2)", "(1,2)", "correct"),
-        ("(1, 2)", "(2, 1)", "wrong"),
-        ("(1, 2]", "(1, 2)", "wrong"),
-        ("[1, 2)", r"1 \le x < 2", "correct"),  # needs allow_set_relation_comp=True
-        ("(1, 2)", "1 < x < 2", "correct"),
-        (r"1 < x < 2", "(1, 2)", "correct"),
-        ("1, 2, 3", "3, 2, 1", "correct"),
-        ("1, 2, 3", "1, 2", "wrong"),
-        (r"1331 \text{ and } 1728", "1728", "wrong"),  # MV#47: a subset is wrong
-        (r"\pm 2021", "2021", "wrong"),  # MV#14
-        (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}", "correct"),
-        # pi and other expressions
-        (r"2\pi", r"\pi \cdot 2", "correct"),
-        (r"\frac{\pi}{2}", r"\pi/2", "correct"),
-        (r"2\pi", "6.283185", "correct"),
-        (r"2\pi", "6.28", "wrong"),
-        (r"\frac{\pi}{2}", r"\frac{\pi}{3}", "wrong"),
-        (r"2\sqrt{2}", r"\sqrt{8}", "correct"),
-        ("x^2+2x+1", "(x+1)^2", "correct"),
-        ("3", "x = 3", "correct"),
-        (r"\infty", r"\infty", "correct"),
-        # text answers
-        (r"\text{Evelyn}", r"\text{Evelyn}", "correct"),
-        (r"\text{Evelyn}", "Evelyn", "correct"),
-        (r"\text{Evelyn}", r"\textbf{evelyn}", "correct"),
-        (r"\text{Evelyn}", r"\text{Bob}", "wrong"),
-        (r"\text{odd}", r"\text{even}", "wrong"),
-        ("A", r"\text{(A)}", "correct"),
-        ("A", "B", "wrong"),
-        # units and percentages (handled by math-verify itself)
-        ("5", r"5 \text{ cm}", "correct"),
-        ("5", r"5\,\text{cm}", "correct"),
-        (r"5\text{ cm}", "5", "correct"),
-        ("50", r"50\%", "correct"),
-        ("0.5", r"50\%", "correct"),
-        # comma thousands separators (handled by math-verify itself)
-        ("1000", "1,000", "correct"),
-        ("1,000", "1000", "correct"),
-        ("1000", "1{,}000", "correct"),
-        ("1000", "1.000", "wrong"),
-    ],
-)
+GRADE_VALUE_CASES = [
+    # integers
+    ("42", "42", "correct"),
+    ("42", "43", "wrong"),
+    ("-7", "-7", "correct"),
+    ("42", "42.0", "correct"),
+    # fractions and decimals
+    (r"\frac{1}{2}", "0.5", "correct"),
+    (r"\frac{1}{2}", r"\dfrac12", "correct"),
+    (r"\frac{1}{2}", r"\tfrac{1}{2}", "correct"),
+    ("0.5", r"\frac12", "correct"),
+    ("1/2", r"\frac{1}{2}", "correct"),
+    (r"\frac{1}{2}", r"\frac{1}{3}", "wrong"),
+    (r"\frac{1}{3}", "0.333333", "correct"),  # math-verify's 6-decimal rounding, kept
+    (r"\frac{1}{3}", "0.33", "wrong"),
+    # tuples, sets, intervals, inequalities
+    ("(1, 2)", "(1,2)", "correct"),
+    ("(1, 2)", "(2, 1)", "wrong"),
+    ("(1, 2]", "(1, 2)", "wrong"),
+    ("[1, 2)", r"1 \le x < 2", "correct"),  # needs allow_set_relation_comp=True
+    ("(1, 2)", "1 < x < 2", "correct"),
+    (r"1 < x < 2", "(1, 2)", "correct"),
+    ("1, 2, 3", "3, 2, 1", "correct"),
+    ("1, 2, 3", "1, 2", "wrong"),
+    (r"1331 \text{ and } 1728", "1728", "wrong"),  # MV#47: a subset is wrong
+    (r"\pm 2021", "2021", "wrong"),  # MV#14
+    (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}", "correct"),
+    # pi and other expressions
+    (r"2\pi", r"\pi \cdot 2", "correct"),
+    (r"\frac{\pi}{2}", r"\pi/2", "correct"),
+    (r"2\pi", "6.283185", "correct"),
+    (r"2\pi", "6.28", "wrong"),
+    (r"\frac{\pi}{2}", r"\frac{\pi}{3}", "wrong"),
+    (r"2\sqrt{2}", r"\sqrt{8}", "correct"),
+    ("x^2+2x+1", "(x+1)^2", "correct"),
+    ("3", "x = 3", "correct"),
+    (r"\infty", r"\infty", "correct"),
+    # text answers
+    (r"\text{Evelyn}", r"\text{Evelyn}", "correct"),
+    (r"\text{Evelyn}", "Evelyn", "correct"),
+    (r"\text{Evelyn}", r"\textbf{evelyn}", "correct"),
+    (r"\text{Evelyn}", r"\text{Bob}", "wrong"),
+    (r"\text{odd}", r"\text{even}", "wrong"),
+    ("A", r"\text{(A)}", "correct"),
+    ("A", "B", "wrong"),
+    # units and percentages (handled by math-verify itself)
+    ("5", r"5 \text{ cm}", "correct"),
+    ("5", r"5\,\text{cm}", "correct"),
+    (r"5\text{ cm}", "5", "correct"),
+    ("50", r"50\%", "correct"),
+    ("0.5", r"50\%", "correct"),
+    # comma thousands separators (handled by math-verify itself)
+    ("1000", "1,000", "correct"),
+    ("1,000", "1000", "correct"),
+    ("1000", "1{,}000", "correct"),
+    ("1000", "1.000", "wrong"),
+]
+
+
+@pytest.mark.parametrize("gold, content, status", GRADE_VALUE_CASES)
 def test_grade_answer_values(gold, content, status):
     v = grade_answer(gold, boxed(content))
     assert v.status == status
@@ -339,7 +339,7 @@ def test_override_6_trailing_period():
     assert grade_answer("5", r"\boxed 5.").status == "correct"
 
 
-@pytest.mark.parametrize("pred", ["$5$", "$$5$$", r"\(5\)", r"\boxed{5}"])
+@pytest.mark.parametrize("pred", ["$5$", "$$5$$", r"\(5\)", r"\boxed{5}", "**5**", "**$5$**"])
 def test_override_7_delimiters_and_inner_box(pred):
     assert grade_answer("5", boxed(pred)).status == "correct"
 
@@ -428,3 +428,351 @@ def test_verdict_is_frozen_and_picklable():
     with pytest.raises(Exception):
         v.status = "wrong"  # type: ignore[misc]
     assert pickle.loads(pickle.dumps(grade_answer)) is grade_answer
+
+
+# ----------------------------------------------------------------------------- issue 4
+# The numbered cases of issue 4 ("Grading you can trust at scale"), verbatim, with their
+# exact expected status. Case 10 (a pathological answer in the pool) is in
+# tests/test_grading_pool.py; case 11 (threads) is below and there too; case 12 (gold
+# ``\frac{1}{`` recorded in rejects.parquet) is in tests/test_pipeline.py, and its
+# grading half here.
+
+ISSUE4_CASES = [
+    # 1. the last box, and only that one
+    ("7", r"We get \boxed{5}, but that forgets the sign flip, so \boxed{7}", None, "correct"),
+    # 2. mixed numbers, LaTeX and plain text (math-verify reads 3 1/2 as 2)
+    (r"\frac{7}{2}", r"\boxed{3\frac{1}{2}}", None, "correct"),
+    (r"\frac{7}{2}", r"\boxed{3 1/2}", None, "correct"),
+    # 3. bare dataset golds are wrapped before parsing
+    (r"2 - \sqrt{3}", r"\boxed{2}", None, "wrong"),
+    (r"\left( 2, \frac{\pi}{4} \right)", r"\boxed{2}", None, "wrong"),
+    # 4. interval vs inequality
+    ("(1, 4]", r"\boxed{1 < x \le 4}", None, "correct"),
+    # 5. tiny values (math-verify says equal)
+    (r"\frac{1}{7^{40}}", r"\boxed{\frac{1}{7^{41}}}", None, "wrong"),
+    # 6. digit grouping (math-verify reads 0), and a pair never fused into 03
+    ("2500000", r"\boxed{2\,500\,000}", None, "correct"),
+    ("(0,3)", r"\boxed{0,3}", None, "correct"),
+    # 7. plain-text pi; never judged on the fragment -3
+    (r"-3\pi", r"\boxed{-3*pi}", None, "correct"),
+    ("-3", r"\boxed{-3*pi}", None, "wrong"),
+    # 8. a number with a unit in \text{}; degrees
+    ("6", r"\boxed{\text{6 marbles}}", None, "correct"),
+    ("40", r"\boxed{40^\circ}", None, "correct"),
+    # 9. no box; cut off by the token limit
+    ("58", "Adding the two groups gives 58.\n\nFinal Answer: **58**", None, "no_answer"),
+    ("3", "Each of the 4 shelves gets the same number of books, so the shelf gets 3", "length", "no_answer"),
+    # 12. a gold that does not parse makes the problem ungradable
+    ("\\frac{1}{", r"\boxed{2}", None, "ungradable"),
+]
+
+
+@pytest.mark.parametrize("gold, output, finish_reason, status", ISSUE4_CASES)
+def test_issue4_cases(gold, output, finish_reason, status):
+    assert grade_answer(gold, output, finish_reason).status == status
+
+
+def test_issue4_case_12_gold_is_rejected_before_any_model_call():
+    assert gold_parses("\\frac{1}{") is False
+    assert grade_answer("\\frac{1}{", r"\boxed{2}").reason == "gold answer does not parse"
+
+
+# ----------------------------------------------------------------------------- overrides 8-13
+# Each kind of issue 4, with cases beyond the issue's own.
+
+@pytest.mark.parametrize(
+    "gold, pred, status",
+    [
+        (r"\sqrt{2}", "√2", "correct"),
+        (r"\sqrt{2}", "√(2)", "correct"),
+        (r"3\sqrt{2}", "3√2", "correct"),
+        (r"\sqrt{x+1}", "√(x+1)", "correct"),
+        (r"\frac{1}{2}", "½", "correct"),
+        (r"\frac{7}{2}", "3½", "correct"),
+        ("9", "3²", "correct"),
+        ("40", "40°", "correct"),
+        ("-3", "−3", "correct"),
+        ("6", "2×3", "correct"),
+        (r"\pi", "π", "correct"),
+        (r"\sqrt{3}", "√2", "wrong"),
+    ],
+)
+def test_override_8_unicode(gold, pred, status):
+    assert grade_answer(gold, boxed(pred)).status == status
+
+
+def test_override_8_unicode_was_ungradable():
+    from math_verify import LatexExtractionConfig, parse
+
+    for pred in ["√2", "½", "40°", "3²"]:
+        assert parse("\\boxed{" + pred + "}", [LatexExtractionConfig()]) in ([], [pred])
+
+
+@pytest.mark.parametrize(
+    "gold, pred, status",
+    [
+        (r"-3\pi", "-3*pi", "correct"),
+        ("-3", "-3*pi", "wrong"),  # never the fragment -3
+        (r"-3\pi", "-3*p*i", "wrong"),  # explicit p*i is left alone
+        (r"\pi", "pi", "correct"),
+        (r"2\pi", "2pi", "correct"),
+        (r"2\pi", "2 pi", "correct"),
+        (r"\frac{2\pi}{3}", "2*pi/3", "correct"),
+        (r"\frac{2\pi}{3}", "2pi/3", "correct"),
+        (r"\pi^2", "pi^2", "correct"),
+        (r"\pi^2", "pi**2", "correct"),
+        (r"\pi", "x = pi", "correct"),
+        (r"\pi", r"\pi", "correct"),  # LaTeX untouched
+        (r"\frac{\sqrt{3}}{2}", "sqrt(3)/2", "correct"),
+        (r"\sqrt{2}", "sqrt 2", "correct"),
+        (r"\sqrt{2}", "sqrt2", "correct"),
+        (r"\sqrt{3}", "sqrt{3}", "correct"),
+        (r"\sqrt{\sqrt{2}}", "sqrt(sqrt(2))", "correct"),
+        (r"\frac{1}{2}", "sin(pi/6)", "correct"),
+        (r"\ln 2", "ln(2)", "correct"),
+        (r"\ln 2", "ln 2", "correct"),
+        ("e", "exp(1)", "correct"),
+        (r"\frac{\pi}{4}", "arctan(1)", "correct"),
+        ("3", "log_2 8", "correct"),
+        ("1024", "2**10", "correct"),
+        ("0.001", "1e-3", "correct"),
+        ("1500", "1.5e3", "correct"),
+        ("0.001", "1e-4", "wrong"),
+        ("e^2", "e^2", "correct"),
+        (r"\text{pi}", r"\text{pi}", "correct"),  # text stays text
+    ],
+)
+def test_override_9_plain_constants_and_functions(gold, pred, status):
+    assert grade_answer(gold, boxed(pred)).status == status
+
+
+def test_override_9_math_verify_reads_pi_as_p_times_i():
+    assert _raw_mv(r"-3\pi", "-3*pi") is False
+    assert _raw_mv(r"\frac{1}{2}", "sin(pi/6)") is False
+    assert _raw_mv("0.001", "1e-3") is False
+
+
+@pytest.mark.parametrize(
+    "gold, pred, status",
+    [
+        (r"\frac{7}{2}", "3 1/2", "correct"),
+        (r"\frac{8}{3}", "2 2/3", "correct"),
+        (r"-\frac{3}{2}", "-1 1/2", "correct"),
+        (r"\frac{7}{2}", r"3\ 1/2", "correct"),
+        (r"\frac{7}{2}", "3~1/2", "correct"),
+        (r"\frac{7}{2}", r"3\,1/2", "correct"),
+        (r"\frac{43}{4}", "10 3/4", "correct"),
+        (r"\frac{7}{2}", "x = 3 1/2", "correct"),
+        (r"\frac{7}{2}", r"3 1/2 \text{ cups}", "correct"),
+        (r"\frac{7}{2}", "3.5", "correct"),
+        ("3.5", "3 1/2", "correct"),
+        ("2", "3 1/2", "wrong"),  # never math-verify's reading
+        (r"\frac{3}{2}", "3 1/2", "wrong"),  # never a product
+        (r"\frac{1}{2}", "3 1/2", "wrong"),  # never the fraction alone
+        ("4", "2 2/3", "wrong"),
+        (r"\frac{4}{3}", "2 2/3", "wrong"),
+        ("2", "2 2/3", "wrong"),  # MV PR#81: 2 2/3 must not match 2
+        # lists and pairs are never mixed numbers
+        (r"(1, \frac{1}{2})", "(1, 1/2)", "correct"),
+        (r"1, \frac{1}{2}", "1, 1/2", "correct"),
+        (r"\frac{3}{2}", "(1, 1/2)", "wrong"),
+        (r"\frac{3}{2}", "1, 1/2", "wrong"),
+        # an improper fraction is not a mixed number
+        (r"\frac{11}{2}", "3 5/2", "wrong"),
+    ],
+)
+def test_override_10_mixed_numbers(gold, pred, status):
+    assert grade_answer(gold, boxed(pred)).status == status
+
+
+def test_override_10_math_verify_reads_mixed_numbers_as_products():
+    assert _raw_mv("2", "3 1/2") is True
+    assert _raw_mv(r"\frac{7}{2}", "3 1/2") is False
+    assert _raw_mv(r"\frac{7}{2}", r"3\frac{1}{2}") is True  # LaTeX form was fine
+
+
+@pytest.mark.parametrize(
+    "gold, pred, status",
+    [
+        ("6", r"\text{6 marbles}", "correct"),
+        ("6", r"\text{6 apples}", "correct"),
+        ("7", r"\text{6 apples}", "wrong"),
+        ("6", r"\textbf{6 marbles}", "correct"),
+        ("6", r"\mathrm{6 marbles}", "correct"),
+        ("6", r"6\text{ marbles}", "correct"),
+        ("6", r"6 \text{ marbles}", "correct"),
+        ("6", r"\text{\$6}", "correct"),
+        ("6", r"\text{\$6 per hour}", "correct"),
+        ("-3", r"\text{-3 degrees}", "correct"),
+        ("6.5", r"\text{6.5 hours}", "correct"),
+        ("6000", r"\text{6,000 people}", "correct"),
+        (r"\frac{7}{2}", r"\text{3 1/2 cups}", "correct"),
+        ("12", r"\text{12 cm}^2", "correct"),
+        ("12", r"12\text{ square feet}", "correct"),
+        ("6", "6 marbles", "correct"),
+        ("6000", "6,000 people", "correct"),
+        ("12", "12 square feet", "correct"),
+        ("12", "12 cm", "correct"),
+        (r"\$32", "32 dollars", "correct"),
+        (r"\frac{3}{4}", "3/4 of a cup", "correct"),
+        # scale words multiply; percent words are percentages
+        ("6000000", r"\text{6 million}", "correct"),
+        ("6", r"\text{6 million}", "wrong"),
+        ("6000000", r"6\text{ million}", "correct"),
+        ("6", r"6\text{ million}", "wrong"),  # math-verify alone: correct
+        ("2500000", r"\$2.5 million", "correct"),
+        ("72", "6 dozen", "correct"),
+        ("600", r"\text{6 hundred}", "correct"),
+        ("6", r"\text{6 percent}", "correct"),
+        ("6", "6 percent", "correct"),
+        # a word answer still works
+        (r"\text{Evelyn}", r"\text{Evelyn}", "correct"),
+        (r"\text{Evelyn}", "Evelyn", "correct"),
+        # numbers joined by "or"/"and" in text are a list, never the first number
+        ("6", r"\text{6 or 7}", "wrong"),
+        ("6, 7", r"\text{6 or 7}", "correct"),
+        ("1331, 1728", r"\text{1331 and 1728}", "correct"),
+        # words that change the value: never judged on the number
+        ("6", r"\text{6 or more}", "ungradable"),
+        ("6", r"\text{6 and a half}", "ungradable"),
+        ("6", "6 or more", "ungradable"),
+        ("2", r"\text{2 i}", "ungradable"),
+        ("2", "2 sin", "ungradable"),
+    ],
+)
+def test_override_11_number_with_words(gold, pred, status):
+    assert grade_answer(gold, boxed(pred)).status == status
+
+
+def test_override_11_math_verify_misreads_numbers_with_words():
+    assert _raw_mv("6", r"\text{6 marbles}") is False  # one symbol, 6marbles
+    assert _raw_mv("6", "6 marbles") is False  # 6*a*b*e*l*m*r*s
+    assert _raw_mv("6", r"6\text{ million}") is True  # the scale word is dropped
+
+
+@pytest.mark.parametrize(
+    "gold, pred, status",
+    [
+        ("x+2", "x+2h", "wrong"),
+        ("x+2h", "x+2h", "correct"),
+        (r"\frac{1}{2}", r"\frac{1}{2}t", "wrong"),
+        (r"\frac{t}{2}", r"\frac{1}{2}t", "correct"),
+        ("5", "5c", "wrong"),
+        ("4", "4t", "wrong"),
+        ("4t", "4t", "correct"),
+        ("3", "3 ab", "wrong"),
+        ("a+b+c", "a + b + c", "correct"),
+        ("5", r"5\text{ m}", "correct"),  # a unit written as text is still a unit
+        ("40", r"40^\circ C", "correct"),
+        ("40", "40°F", "correct"),
+    ],
+)
+def test_override_12_single_letters_are_variables(gold, pred, status):
+    assert grade_answer(gold, boxed(pred)).status == status
+
+
+def test_override_12_math_verify_strips_letters_as_units():
+    assert _raw_mv("x+2", "x+2h") is True
+    assert _raw_mv(r"\frac{1}{2}", r"\frac{1}{2}t") is True
+    assert gold_parses("a + b + c")  # math-verify alone: "a + b +", no parse
+
+
+@pytest.mark.parametrize(
+    "pred",
+    [
+        r"6\text{ or 7}",
+        r"6 \text{ or more}",
+        r"2 \text{ plus } 3 \text{ cm}",
+        "10 choose 2",
+        "about 5",
+        "5 (approximately)",
+        "3 (mod 7)",
+        "5 remainder 2",
+    ],
+)
+def test_override_13_nothing_dropped_that_changes_the_value(pred):
+    v = grade_answer("6", boxed(pred))
+    assert v.status == "ungradable"
+    assert v.reason.startswith("prediction does not parse: ")
+
+
+def test_override_13_math_verify_judges_fragments():
+    assert _raw_mv("6", r"6\text{ or 7}") is True
+    assert _raw_mv("2", r"2 \text{ plus } 3 \text{ cm}") is True
+
+
+def test_normalisation_is_linear_on_long_answers():
+    import time
+
+    for s in ["sqrt(" * 5000, "√(" * 5000, "1 " * 10000 + "1/2", "pi" * 10000, r"\text{a}" * 2000]:
+        start = time.perf_counter()
+        grading._normalise_full(s)
+        assert time.perf_counter() - start < 1.0
+
+
+# ----------------------------------------------------------------------------- issue 4 case 11
+
+def _pairs_200() -> list[tuple[str, str, str | None]]:
+    """200 (gold, output, finish_reason) triples covering every status and override."""
+    base = [(g, boxed(c), None) for g, c, _ in GRADE_VALUE_CASES]
+    base += [(g, o, f) for g, o, f, _ in ISSUE4_CASES]
+    base += [(g, boxed(p), None) for g, p in [
+        (r"\frac{7}{2}", "3 1/2"), ("6", r"\text{6 marbles}"), ("6", r"6\text{ or 7}"),
+        (r"-3\pi", "-3*pi"), ("x+2", "x+2h"), (r"\sqrt{2}", "√2"), ("1000", r"1\,000"),
+        (r"\frac{1}{2^{99}}", r"\frac{1}{2^{98}}"), ("42", r"\frac{}{}"), ("42", "")]]
+    base += [("42", "no box, the answer is 42", None), ("42", boxed("42"), "length")]
+    pairs = []
+    k = 0
+    while len(pairs) < 200:
+        g, o, f = base[k % len(base)]
+        if k >= len(base):  # same box, different reasoning text
+            o = f"Attempt {k}: we simplify step by step.\n" + o
+        pairs.append((g, o, f))
+        k += 1
+    return pairs
+
+
+def test_issue4_case_11_threads_give_the_serial_verdicts(fresh_caches):
+    pairs = _pairs_200()
+    serial = [grade_answer(*p) for p in pairs]
+    assert {v.status for v in serial} == {"correct", "wrong", "no_answer", "ungradable"}
+    grading._compare.cache_clear()
+    grading._parse_answer.cache_clear()
+    results: dict[int, list[Verdict]] = {}
+
+    def work(i: int) -> None:
+        order = list(range(len(pairs)))
+        order = order[i * 50 :] + order[: i * 50]  # each thread starts elsewhere
+        got = {j: grade_answer(*pairs[j]) for j in order}
+        results[i] = [got[j] for j in range(len(pairs))]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4
+    for i in range(4):
+        assert results[i] == serial
+
+
+@pytest.mark.parametrize(
+    "gold, pred, status",
+    [
+        ("52_8", "52_8", "correct"),
+        ("52_8", "52_{8}", "correct"),
+        ("52_8", "52_5", "wrong"),
+        ("4343_6", "4343_{7}", "wrong"),
+        ("-37_8", "-37_8", "correct"),
+        ("24_{10}", "24", "correct"),
+        ("24_{10}", "24_{8}", "wrong"),
+        ("52_8", "52", "correct"),  # digits without a base: compared as before
+        ("52_8", "53_8", "wrong"),
+    ],
+)
+def test_override_14_number_bases(gold, pred, status):
+    assert grade_answer(gold, boxed(pred)).status == status
+
+
+def test_override_14_math_verify_drops_the_base():
+    assert _raw_mv("52_8", "52_5") is True

@@ -66,3 +66,44 @@ def test_cache_is_keyed_by_the_extracted_answer():
         # a cut-off output is a different key
         assert pool.submit("\\frac{1}{2}", "\\boxed{\\frac12}", "length").result().status == "no_answer"
         assert pool.misses == 2
+
+
+def test_issue4_case_10_pathological_answer_is_ungradable_and_the_pool_goes_on():
+    """Issue 4, case 10: gold 2, a tower of powers; ungradable within the pool's limit."""
+    with GradingPool(workers=1, timeout_s=1.0) as pool:
+        start = time.monotonic()
+        verdict = pool.submit("2", r"\boxed{\dfrac{3^{3^{3^{27}}}+1}{4}}").result()
+        elapsed = time.monotonic() - start
+        assert verdict == Verdict(
+            "ungradable", "grader timed out after 1 s", r"\dfrac{3^{3^{3^{27}}}+1}{4}"
+        )
+        assert elapsed < 4.0  # the pool's limit, not math-verify's own 5 s alarm
+        # the next item is answered normally (by a fresh worker)
+        assert pool.submit("2", r"\boxed{\dfrac{6}{3}}").result() == Verdict(
+            "correct", "matches gold", r"\dfrac{6}{3}"
+        )
+        assert pool.submit("2", r"\boxed{3}").result().status == "wrong"
+
+
+def test_issue4_case_11_pool_from_four_threads_gives_the_serial_verdicts():
+    """Issue 4, case 11: the same 200 pairs from 4 threads at once, through a cold pool."""
+    from test_grading import _pairs_200  # tests/ is on sys.path (pytest prepend import mode)
+
+    pairs = _pairs_200()
+    serial = [grade_answer(*p) for p in pairs]
+    results: dict[int, list[Verdict]] = {}
+    with GradingPool(workers=2) as pool:
+        def work(i: int) -> None:
+            shift = i * 50  # each thread submits in a different order
+            order = list(range(shift, len(pairs))) + list(range(shift))
+            futures = {j: pool.submit(*pairs[j]) for j in order}
+            results[i] = [futures[j].result() for j in range(len(pairs))]
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(results) == 4
+    for i in range(4):
+        assert results[i] == serial
