@@ -229,10 +229,24 @@ def load_spec(path: str | Path | None, overrides: list[str] | None = None, data:
         SpecError: bad YAML, a malformed override, an unknown key or a wrong type; the
             message names every offending key.
     """
+    return validate(JobSpec, load_with_overrides(path, overrides, data, what="job spec"), what="job spec")
+
+
+def load_with_overrides(path: str | Path | None, overrides: list[str] | None = None, data: dict | None = None,
+                        what: str = "spec") -> dict[str, Any]:
+    """A YAML file (or ``data``) with dotted ``key=value`` overrides merged in, as plain data.
+
+    Values are typed by OmegaConf's dotlist grammar, and keys follow list indices
+    (``source.0.path``). Every intgen spec (the job spec, the eval spec) is read this way.
+
+    Raises:
+        FileNotFoundError: the YAML file does not exist.
+        SpecError: bad YAML, a malformed override, or a result that is not a mapping.
+    """
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"job spec not found: {p} (give the path of a YAML file, e.g. pipelines/demo.yaml)")
+            raise FileNotFoundError(f"{what} not found: {p} (give the path of a YAML file, e.g. pipelines/demo.yaml)")
         try:
             base = OmegaConf.load(p)
         except Exception as e:  # yaml errors come in several types
@@ -244,7 +258,6 @@ def load_spec(path: str | Path | None, overrides: list[str] | None = None, data:
         if not sep or not key.strip():
             raise SpecError(f"override {item!r}: expected key=value, e.g. check.r=8")
         try:
-            # OmegaConf's dotlist grammar types the value; update() follows list indices (source.0.path)
             parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
             OmegaConf.update(base, key.strip(), parsed, merge=True, force_add=True)
         except (OmegaConfBaseException, TypeError, ValueError, IndexError, KeyError) as e:
@@ -252,18 +265,27 @@ def load_spec(path: str | Path | None, overrides: list[str] | None = None, data:
             head = key.strip().split(".")[0]
             if isinstance(base.get(head), (list, ListConfig)):
                 hint = f" ({head} is a list: name the element, e.g. {head}.0.{'.'.join(key.strip().split('.')[1:]) or 'key'})"
-            raise SpecError(f"override {item!r}: cannot apply it to the spec{hint}: "
+            raise SpecError(f"override {item!r}: cannot apply it to the {what}{hint}: "
                             f"{str(e).splitlines()[0]}") from None
     try:
         raw = OmegaConf.to_container(base, resolve=True)
     except OmegaConfBaseException as e:
-        raise SpecError(f"the spec cannot be resolved: {e}") from e
+        raise SpecError(f"the {what} cannot be resolved: {e}") from e
     if not isinstance(raw, dict):
-        raise SpecError("a job spec is a YAML mapping of keys to values")
+        raise SpecError(f"a {what} is a YAML mapping of keys to values")
+    return raw
+
+
+def validate(model: type[BaseModel], raw: dict[str, Any], what: str = "spec"):
+    """``model.model_validate(raw)`` with every error turned into one message naming its key.
+
+    Raises:
+        SpecError: an unknown key, a wrong type, or a broken rule.
+    """
     try:
-        return JobSpec.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(_format_validation_error(e)) from None
+        raise SpecError(_format_validation_error(e).replace("invalid job spec", f"invalid {what}")) from None
 
 
 def resolve_path(value: str, spec_dir: Path | None, what: str) -> Path:

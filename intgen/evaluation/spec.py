@@ -10,11 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from intgen.config import BackendSpec, SamplingSpec, SourceSpec, SpecError
+from intgen.config import BackendSpec, SamplingSpec, SourceSpec, load_with_overrides, validate
 
 
 class _Strict(BaseModel):
@@ -71,34 +69,7 @@ def load_localize_spec(path: str | Path | None, overrides: list[str] | None = No
         FileNotFoundError: the YAML file does not exist.
         SpecError: bad YAML, a malformed override, an unknown key or a wrong type.
     """
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"eval spec not found: {p}")
-        try:
-            base = OmegaConf.load(p)
-        except Exception as e:  # yaml errors come in several types
-            raise SpecError(f"{p}: not valid YAML: {e}") from e
-    else:
-        base = OmegaConf.create({})
+    raw = load_with_overrides(path, overrides, what="eval spec")
     if model is not None:
-        OmegaConf.update(base, "model", model, force_add=True)
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SpecError(f"override {item!r}: expected key=value, e.g. propose.m=4")
-        try:
-            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
-            OmegaConf.update(base, key.strip(), parsed, merge=True, force_add=True)
-        except (OmegaConfBaseException, TypeError, ValueError, IndexError, KeyError) as e:
-            raise SpecError(f"override {item!r}: cannot apply it: {str(e).splitlines()[0]}") from None
-    raw = OmegaConf.to_container(base, resolve=True)
-    try:
-        return LocalizeSpec.model_validate(raw)
-    except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            key = ".".join(str(x) for x in err["loc"])
-            msg = "unknown key" if err["type"] == "extra_forbidden" else f"{err['msg']} (got {err.get('input')!r})"
-            lines.append(f"  {key or 'spec'}: {msg}")
-        raise SpecError("invalid eval spec:\n" + "\n".join(lines)) from None
+        raw["model"] = model
+    return validate(LocalizeSpec, raw, what="eval spec")
