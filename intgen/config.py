@@ -74,6 +74,7 @@ class BackendSpec(_Model):
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     batch_size: int = Field(default=8, ge=1)
+    threads: int | None = Field(default=None, ge=1)
     # -- fake
     script: str = "demo"
 

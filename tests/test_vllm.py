@@ -99,24 +99,43 @@ def test_kill_during_check_and_resume_on_vllm(tmp_path):
 
     child = Path(__file__).resolve().parent / "vllm_resume_child.py"
     out, first, second = tmp_path / "run", tmp_path / "sent1.log", tmp_path / "sent2.log"
-    # its own process group: SIGKILL leaves vLLM's engine-core and worker processes orphaned, so
-    # the test kills the whole group afterwards (as a cluster scheduler does to a preempted job)
-    proc = subprocess.Popen([sys.executable, str(child), str(out), str(first), "2"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=900)
-    finally:
+    # SIGKILL leaves vLLM's engine-core and worker processes orphaned (they are not in the
+    # child's process group either): every process started for this test carries a marker in
+    # its environment, and all of them are killed afterwards, as a scheduler kills a preempted
+    # job. The child's stderr goes to a file: an orphan holding a pipe would block the test.
+    import uuid
+
+    import psutil
+
+    marker = uuid.uuid4().hex
+    env = {**os.environ, "INTGEN_TEST_MARK": marker}
+
+    def kill_marked():
+        for p in psutil.process_iter():
+            try:
+                if p.pid != os.getpid() and p.environ().get("INTGEN_TEST_MARK") == marker:
+                    p.kill()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+
+    with open(tmp_path / "child1.err", "w") as err:
+        proc = subprocess.Popen([sys.executable, str(child), str(out), str(first), "2"], stdout=subprocess.DEVNULL,
+                                stderr=err, env=env)
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert proc.returncode == -9, err[-3000:]
+            proc.wait(timeout=900)
+        finally:
+            kill_marked()
+    assert proc.returncode == -9, (tmp_path / "child1.err").read_text()[-3000:]
     with sqlite3.connect(out / "samples.sqlite") as db:
         answered = {rid for (rid,) in db.execute("SELECT request_id FROM samples")}
     assert sum("/continuation-" in rid for rid in answered) >= 2
-    resumed = subprocess.run([sys.executable, str(child), str(out), str(second), "0"], capture_output=True, text=True,
-                             timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with open(tmp_path / "child2.err", "w") as err:
+        try:
+            resumed = subprocess.run([sys.executable, str(child), str(out), str(second), "0"],
+                                     stdout=subprocess.DEVNULL, stderr=err, env=env, timeout=900)
+        finally:
+            kill_marked()
+    assert resumed.returncode == 0, (tmp_path / "child2.err").read_text()[-3000:]
     sent_again = set(second.read_text().split()) if second.exists() else set()
     assert answered.isdisjoint(sent_again)
     cands = pq.read_table(out / "candidates.parquet").to_pylist()

@@ -1,4 +1,9 @@
-"""Backends (DESIGN section 5): ``make_backend`` builds one from a spec."""
+"""Backends (DESIGN section 5): ``make_backend`` builds one from a spec.
+
+``vllm`` (in process), ``openai`` (any OpenAI-compatible server), ``transformers``
+(``generate`` on CPU or Apple silicon) and ``fake`` (scripted). Heavy libraries are
+imported only when their backend is built.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,21 @@ def make_backend(spec: BackendSpec, model: str) -> Backend:
                 "on a GPU node: pip install -e '.[gpu]'. For a dry run without a model use backend.kind=fake."
             ) from e
         return VLLMBackend(model, spec)
-    raise BackendError(
-        f"backend.kind={spec.kind}: not available in this version of intgen yet "
-        "(use backend.kind=vllm, or backend.kind=fake for a dry run)")
+    if spec.kind == "openai":
+        try:
+            from intgen.backends.openai_compat import OpenAIBackend
+        except ImportError as e:
+            raise BackendError(f"backend.kind=openai needs the openai package ({e}): pip install openai") from e
+        return OpenAIBackend(model, spec)
+    if spec.kind == "transformers":
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+
+            from intgen.backends.hf import TransformersBackend
+        except ImportError as e:
+            raise BackendError(
+                f"backend.kind=transformers needs PyTorch and transformers ({e}): pip install torch transformers "
+                "(on a CPU machine pick the CPU build of torch, see README)") from e
+        return TransformersBackend(model, spec)
+    raise BackendError(f"backend.kind={spec.kind}: unknown backend (use vllm, openai, transformers or fake)")

@@ -47,6 +47,7 @@ class VLLMBackend(Backend):
         self.renderer: ChatRenderer | None = None
         self._aborted: set[str] = set()
         self._dead: str | None = None
+        self._fidelity: PrefixFidelityError | None = None
 
     async def start(self) -> None:
         if self.engine is not None:  # already started (one engine may serve several jobs)
@@ -63,7 +64,7 @@ class VLLMBackend(Backend):
         self.renderer = ChatRenderer(self.tokenizer, self.spec.chat_template_kwargs)
         kwargs: dict[str, Any] = {"model": path, "enable_prefix_caching": True, "seed": 0}
         if current_platform.is_cpu():
-            # ENV.md: the CPU build runs bfloat16 eagerly; a modest KV cache suits laptops and CI
+            # the CPU build runs bfloat16 eagerly; a modest KV cache suits laptops and CI
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
             kwargs.update(dtype="bfloat16", enforce_eager=True)
         if self.spec.max_model_len:
@@ -108,9 +109,9 @@ class VLLMBackend(Backend):
         try:
             for _ in requests:
                 completion = await queue.get()
+                if self._fidelity is not None:
+                    raise self._fidelity
                 if self._dead is not None:
-                    if self._dead.startswith("prefix fidelity: "):
-                        raise PrefixFidelityError(self._dead.split(": ", 1)[1])
                     raise BackendError(f"the vLLM engine died ({self._dead}); the run stopped. See the engine's log above "
                                        "for the root cause.")
                 yield completion
@@ -142,7 +143,7 @@ class VLLMBackend(Backend):
         except asyncio.CancelledError:
             raise
         except PrefixFidelityError as e:  # the template breaks every continuation: stop the run
-            self._dead = f"prefix fidelity: {e}"
+            self._fidelity = e
             queue.put_nowait(Completion(request.id, "", "error", error=str(e)))
         except Exception as e:  # one failed request never sinks the others
             if type(e).__name__ == "EngineDeadError":

@@ -1,0 +1,254 @@
+"""A fault-injecting fake OpenAI-compatible server for tests (loopback only).
+
+It answers ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/completions``
+with scripted text shaped for intgen's stages (rollouts that fail, proposer outputs that
+parse, continuations that are sometimes correct), and on a chosen fraction of requests
+injects a fault instead: ``429``, ``500``, ``503``, ``stall`` (no answer until past the
+client's timeout, then the connection closes), ``drop`` (the connection closes without an
+answer) or ``few`` (200 with fewer choices than asked). A prompt longer than
+``max_prompt_chars`` gets a 400, as vLLM answers a prompt longer than the context.
+Given a ``tokenizer``, it also answers vLLM's ``/tokenize`` (chat form) and
+``/detokenize``, rendering with that tokenizer's chat template as vLLM does.
+
+Faults are chosen by a hash of (seed, request body, how often this body was seen), so a
+run is reproducible; one body gets at most ``max_faults_per_body`` faults, so a client
+with enough retries always gets its answer. Every request is logged in :attr:`log`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+FAULTS = ("429", "500", "503", "stall", "drop", "few")
+
+
+@dataclass
+class Logged:
+    path: str
+    body_key: str
+    seed: int | None
+    retry_count: int
+    outcome: str  # "ok", "400" or a fault name
+    authorization: str | None
+    body: dict
+
+
+class FakeOpenAIServer:
+    """Run with ``with FakeOpenAIServer(...) as server:``; ``server.url`` is the base URL (``.../v1``).
+
+    Args:
+        served: the model id the server serves.
+        fault_rate: fraction of requests answered with a fault.
+        faults: the fault kinds to draw from.
+        stall_s: how long a stalled request hangs before its connection is closed.
+        max_prompt_chars: longer prompts get a 400.
+        max_model_len: what ``/v1/models`` reports.
+        answers: problem text -> gold answer, so that some continuations are correct.
+        decode: token ids -> text, to read ``/v1/completions`` prompts given as ids.
+        seed: the fault hash's seed.
+        max_faults_per_body: the most faults one request body gets.
+        tokenizer: a transformers tokenizer for ``/tokenize`` and ``/detokenize`` (else 404).
+        api_key: when set, requests without ``Authorization: Bearer <api_key>`` get a 401.
+    """
+
+    def __init__(self, served: str = "fake-model", fault_rate: float = 0.0, faults: tuple[str, ...] = FAULTS,
+                 stall_s: float = 2.5, max_prompt_chars: int = 20000, max_model_len: int | None = 8192,
+                 answers: dict[str, str] | None = None, decode: Callable[[list[int]], str] | None = None,
+                 seed: int = 0, max_faults_per_body: int = 2, tokenizer: Any = None,
+                 api_key: str | None = None):
+        self.served = served
+        self.fault_rate = fault_rate
+        self.faults = faults
+        self.stall_s = stall_s
+        self.max_prompt_chars = max_prompt_chars
+        self.max_model_len = max_model_len
+        self.answers = answers or {}
+        self.decode = decode
+        self.seed = seed
+        self.max_faults_per_body = max_faults_per_body
+        self.tokenizer = tokenizer
+        self.api_key = api_key
+        self.log: list[Logged] = []
+        self._seen: Counter[str] = Counter()
+        self._faulted: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def __enter__(self) -> "FakeOpenAIServer":
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                server._get(self)
+
+            def do_POST(self):
+                server._post(self)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    # -- what happened ---------------------------------------------------------------------
+    def outcomes(self) -> Counter[str]:
+        return Counter(e.outcome for e in self.log)
+
+    def answered(self) -> Counter[str]:
+        """Request body -> how many times it was answered with a choice."""
+        return Counter(e.body_key for e in self.log if e.outcome == "ok")
+
+    # -- handlers ----------------------------------------------------------------------------
+    @staticmethod
+    def _send(h: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _unauthorized(self, h: BaseHTTPRequestHandler) -> bool:
+        if self.api_key is not None and h.headers.get("Authorization") != f"Bearer {self.api_key}":
+            self._send(h, 401, {"error": {"message": "Incorrect API key provided.", "code": 401}})
+            return True
+        return False
+
+    def _get(self, h: BaseHTTPRequestHandler) -> None:
+        if self._unauthorized(h):
+            return
+        if h.path.rstrip("/") == "/v1/models":
+            entry: dict[str, Any] = {"id": self.served, "object": "model", "owned_by": "fake"}
+            if self.max_model_len:
+                entry["max_model_len"] = self.max_model_len
+            self._send(h, 200, {"object": "list", "data": [entry]})
+        else:
+            self._send(h, 404, {"error": {"message": f"no route {h.path}", "code": 404}})
+
+    def _fault_for(self, key: str) -> str | None:
+        with self._lock:
+            n = self._seen[key]
+            self._seen[key] += 1
+            if self._faulted[key] >= self.max_faults_per_body or not self.fault_rate:
+                return None
+            digest = hashlib.sha256(f"{self.seed}:{key}:{n}".encode()).digest()
+            if int.from_bytes(digest[:8], "big") / 2**64 >= self.fault_rate:
+                return None
+            self._faulted[key] += 1
+            return self.faults[digest[8] % len(self.faults)]
+
+    def _post(self, h: BaseHTTPRequestHandler) -> None:
+        raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        if self._unauthorized(h):
+            return
+        path = h.path.rstrip("/")
+        if path in ("/tokenize", "/detokenize") and self.tokenizer is not None:
+            self._tokenize(h, path, json.loads(raw))
+            return
+        if path not in ("/v1/chat/completions", "/v1/completions"):
+            self._send(h, 404, {"error": {"message": f"no route {h.path}", "code": 404}})
+            return
+        body = json.loads(raw)
+        key = hashlib.sha256(path.encode() + raw).hexdigest()
+        retry = int(h.headers.get("x-stainless-retry-count") or 0)
+
+        def record(outcome: str) -> None:
+            with self._lock:
+                self.log.append(Logged(path, key, body.get("seed"), retry, outcome, h.headers.get("Authorization"), body))
+
+        if body.get("model") != self.served:
+            record("404")
+            self._send(h, 404, {"error": {"message": f"The model `{body.get('model')}` does not exist.", "code": 404}})
+            return
+        if path == "/v1/chat/completions":
+            prompt = "\n".join(m["content"] for m in body["messages"])
+            continuing = bool(body.get("continue_final_message"))
+        else:
+            p = body["prompt"]
+            prompt = self.decode(p) if isinstance(p, list) and self.decode else str(p)
+            continuing = True  # a completion always continues its prompt
+        if len(prompt) > self.max_prompt_chars:
+            record("400")
+            self._send(h, 400, {"error": {"message": f"This model's maximum context length is exceeded: the prompt has "
+                                                     f"{len(prompt)} characters", "type": "BadRequestError", "code": 400}})
+            return
+        fault = self._fault_for(key)
+        if fault in ("429", "500", "503"):
+            record(fault)
+            self._send(h, int(fault), {"error": {"message": f"injected {fault}", "code": int(fault)}})
+            return
+        if fault in ("stall", "drop"):
+            record(fault)
+            if fault == "stall":
+                self._stop.wait(self.stall_s)
+            h.close_connection = True
+            try:
+                h.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        n = int(body.get("n") or 1)
+        text = self._reply(prompt, continuing, int(body.get("seed") or 0))
+        k = n - 1 if fault == "few" else n
+        record("few" if fault == "few" else "ok")
+        if path == "/v1/chat/completions":
+            choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                       for i in range(k)]
+            obj = "chat.completion"
+        else:
+            choices = [{"index": i, "text": text, "finish_reason": "stop", "logprobs": None} for i in range(k)]
+            obj = "text_completion"
+        words = len(text.split())
+        self._send(h, 200, {"id": f"fake-{key[:12]}", "object": obj, "created": int(time.time()), "model": self.served,
+                            "choices": choices, "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": words,
+                                                          "total_tokens": len(prompt) // 4 + words}})
+
+    def _tokenize(self, h: BaseHTTPRequestHandler, path: str, body: dict) -> None:
+        t = self.tokenizer
+        if path == "/detokenize":
+            self._send(h, 200, {"prompt": t.decode(body["tokens"])})
+            return
+        text = t.apply_chat_template(body["messages"], tokenize=False,
+                                     add_generation_prompt=body.get("add_generation_prompt", True),
+                                     continue_final_message=body.get("continue_final_message", False),
+                                     **(body.get("chat_template_kwargs") or {}))
+        ids = t(text, add_special_tokens=bool(body.get("add_special_tokens", False)))["input_ids"]
+        self._send(h, 200, {"tokens": ids, "count": len(ids), "max_model_len": self.max_model_len})
+
+    def _reply(self, prompt: str, continuing: bool, seed: int) -> str:
+        """Stage-shaped text: proposer outputs that parse, continuations correct one time in
+        three (when the problem's gold answer is known), rollouts always wrong."""
+        if "Student's attempt" in prompt or "**Substep" in prompt:
+            if continuing and prompt.rstrip().endswith('{"content": "'):
+                return 'Let me recheck this step carefully.", "location": 1}</intervention>'
+            return 'Checked.\n<intervention>{"content": "Let me recheck this step carefully.", "location": 1}</intervention>'
+        gold = next((g for problem, g in self.answers.items() if problem in prompt), None)
+        if continuing:
+            answer = gold if gold is not None and seed % 3 == 0 else "-12345"
+            return f"\n\nRedoing it carefully.\n\nSo the answer is $\\boxed{{{answer}}}$."
+        return "First I read the problem.\n\nThen I compute.\n\nSo the answer is $\\boxed{-12345}$."
