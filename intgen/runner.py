@@ -229,6 +229,10 @@ async def _run_async(run: _Run, spec: JobSpec, spec_dir: Path | None) -> RunResu
     manifest()
 
     # -- propose: solve turn, then m critiques per failed rollout ------------------------
+    if prompt.response_prefix is not None and not run.proposer.can_continue:
+        raise BackendError(f"the prompt {prompt.name} opens the proposer's reply (response_prefix), which this "
+                           "backend cannot continue; use a prompt without response_prefix, or a backend that "
+                           "continues turns (vllm, or a server with backend.continuation=completions)")
     run.status["propose"] = "running"
     failed, n_failed = [], sum(r["failed"] for r in rollout_rows)
     for row in rollout_rows:
