@@ -100,6 +100,12 @@ _INTGEN_DEFAULTS: dict[str, Any] = {"effective_batch_size": None, "dtype": "auto
                                     "chat_template_kwargs": None, "vllm": "false", "grader_workers": None,
                                     "grader_timeout_s": 10.0}
 
+#: settings every preset shares: log each step, no external tracker, a fixed seed
+_EVERY_RUN = {"logging_steps": 1, "report_to": "none", "seed": 0}
+#: the paper's RL objective (digest 5.3): no KL (kl_loss_coef 0, so no reference model is
+#: loaded), no entropy term, rollouts sampled at temperature 1.0 / top_p 1.0
+_GRPO_OBJECTIVE = {"beta": 0.0, "entropy_coef": 0.0, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
+
 PRESETS: dict[tuple[Kind, str], Preset] = {
     ("sft", "paper"): Preset(
         "paper", "sft",
@@ -115,11 +121,9 @@ PRESETS: dict[tuple[Kind, str], Preset] = {
             "max_length": 16384,            # LLaMA-Factory's cutoff_len
             "bf16": True,
             "gradient_checkpointing": True,
-            "logging_steps": 1,
+            **_EVERY_RUN,
             "save_strategy": "epoch",
             "save_total_limit": 1,
-            "report_to": "none",
-            "seed": 0,
         },
         intgen={"effective_batch_size": 64, "dtype": "bfloat16"},
     ),
@@ -137,11 +141,9 @@ PRESETS: dict[tuple[Kind, str], Preset] = {
             "max_length": 2048,
             "bf16": False,
             "gradient_checkpointing": False,
-            "logging_steps": 1,
+            **_EVERY_RUN,
             "save_strategy": "no",
-            "report_to": "none",
             "dataloader_pin_memory": False,
-            "seed": 0,
         },
         intgen={"effective_batch_size": 2, "dtype": "float32"},
     ),
@@ -153,11 +155,7 @@ PRESETS: dict[tuple[Kind, str], Preset] = {
         trl={
             "learning_rate": 1e-6,
             "num_generations": 8,           # rollout.n
-            "beta": 0.0,                    # kl_loss_coef 0: no reference model is loaded
-            "entropy_coef": 0.0,            # entropy_coeff 0
-            "temperature": 1.0,
-            "top_p": 1.0,
-            "top_k": 0,
+            **_GRPO_OBJECTIVE,
             "max_completion_length": 8192,  # the fork's base.yaml: llm.parameters.max_tokens
             # effective_train_batch_size 32 problems x 8 = 256 completions per generation batch, updated in
             # mini-batches of ppo_mini_batch_size 16 problems (128 completions, intgen key effective_batch_size)
@@ -166,12 +164,10 @@ PRESETS: dict[tuple[Kind, str], Preset] = {
             "num_train_epochs": 1,
             "bf16": True,
             "gradient_checkpointing": True,
-            "logging_steps": 1,
+            **_EVERY_RUN,
             "save_strategy": "steps",
             "save_steps": 50,
             "save_total_limit": 1,
-            "report_to": "none",
-            "seed": 0,
         },
         intgen={"effective_batch_size": 128, "dtype": "bfloat16", "vllm": "auto"},
     ),
@@ -182,21 +178,15 @@ PRESETS: dict[tuple[Kind, str], Preset] = {
         trl={
             "learning_rate": 1e-6,
             "num_generations": 4,
-            "beta": 0.0,
-            "entropy_coef": 0.0,
-            "temperature": 1.0,
-            "top_p": 1.0,
-            "top_k": 0,
+            **_GRPO_OBJECTIVE,
             "max_completion_length": 256,
             "per_device_train_batch_size": 4,
             "num_train_epochs": 1,
             "bf16": False,
             "gradient_checkpointing": False,
-            "logging_steps": 1,
+            **_EVERY_RUN,
             "save_strategy": "no",
-            "report_to": "none",
             "dataloader_pin_memory": False,
-            "seed": 0,
         },
         intgen={"effective_batch_size": 4, "dtype": "float32", "vllm": "false", "grader_workers": 1},
     ),
