@@ -105,8 +105,16 @@ class ProposeSpec(_Model):
 
 
 class CheckSpec(_Model):
+    """The check stage (docs/job-spec.md, ``check``): r continuations per candidate, and the
+    optional stopping rules, which send continuations in waves of ``wave``."""
+
     r: int = Field(default=32, ge=1)
+    #: stop a candidate at its accept.min_correct-th success (decisions identical to all r)
     early_stop: bool = False
+    #: stop a candidate once its last n graded continuations all failed (changes decisions)
+    give_up_after: int | None = Field(default=None, ge=1)
+    #: continuations per wave when a stopping rule is on (without one, all r go at once)
+    wave: int = Field(default=4, ge=1)
 
 
 class AcceptSpec(_Model):
@@ -128,6 +136,22 @@ class SelectSpec(_Model):
     per_rollout: Literal["best", "all", "first"] = "best"
 
 
+class ExecutorSpec(_Model):
+    """How requests reach the engines (docs/architecture.md, "The executor"). None of these
+    keys changes what a run computes, so a resumed run may change them."""
+
+    #: requests in flight per engine; null: the backend's own (vLLM: 2 x max_num_seqs,
+    #: a server: backend.concurrency, transformers: 2 batches), else 256
+    window: int | None = Field(default=None, ge=1)
+    #: stream (records move to their next stage at once) or barrier (stage by stage, for comparisons)
+    schedule: Literal["stream", "barrier"] = "stream"
+    #: with schedule barrier: requests per slice, each slice finished before the next (null: all at once)
+    slice: int | None = Field(default=None, ge=1)
+    #: the sample store commits every group_size samples or group_ms milliseconds, whichever first
+    store_group_size: int = Field(default=64, ge=1)
+    store_group_ms: float = Field(default=500.0, ge=0)
+
+
 class JobSpec(_Model):
     """A whole job (DESIGN section 3). ``faithful: true`` applies the paper's choices."""
 
@@ -147,6 +171,7 @@ class JobSpec(_Model):
     baseline: BaselineSpec = Field(default_factory=BaselineSpec)
     select: SelectSpec = Field(default_factory=SelectSpec)
     grading: GradingSpec = Field(default_factory=GradingSpec)
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     faithful: bool = False
 
     @model_validator(mode="after")
@@ -171,6 +196,9 @@ class JobSpec(_Model):
                              "set select.per_rollout=first (or drop the key), or faithful=false")
         if self.check.early_stop:
             raise ValueError("check.early_stop: the faithful preset draws all r continuations; drop the key or set faithful: false")
+        if self.check.give_up_after is not None:
+            raise ValueError("check.give_up_after: the faithful preset draws all r continuations; drop the key or set "
+                             "faithful: false")
         self.select.per_rollout = "first"
         return self
 

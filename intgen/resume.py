@@ -13,7 +13,8 @@ import re
 from typing import Any
 
 #: keys whose value cannot change what a run computes (dotted; ``*`` matches one level)
-NEUTRAL_KEYS = ("grading.workers", "backend.concurrency", "proposer.backend.concurrency")
+NEUTRAL_KEYS = ("grading.workers", "backend.concurrency", "proposer.backend.concurrency", "executor.window",
+                "executor.schedule", "executor.slice", "executor.store_group_size", "executor.store_group_ms")
 #: keys that may grow (None = no limit is the largest)
 GROWABLE_KEYS = ("limit", r"source(\.\d+)?\.limit")
 

@@ -1,17 +1,25 @@
-"""Explicit Arrow schemas of the run directory's tables (DESIGN sections 2 and 4).
+"""The run directory's tables: typed records and their explicit Arrow schemas (DESIGN
+sections 2 and 4; docs/architecture.md).
 
-Every table is written with its schema, so a column that is None in its first rows
-still has its real type, and files are written atomically (temporary file, fsync,
-rename) so a crash never leaves a half-written table that reads as data.
+Each table's rows are one dataclass; its Arrow schema is derived from the dataclass's
+annotations (:func:`schema_of`), so a record and its schema cannot drift apart, and a
+column that is None in its first rows still has its real type. Files are written
+atomically (temporary file, fsync, rename) so a crash never leaves a half-written table
+that reads as data, and in a canonical row order (:func:`write_parquet`'s ``sort``), so a
+table does not depend on the order in which a streaming run finished its requests.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,68 +27,226 @@ import pyarrow.parquet as pq
 S, I, F, B = pa.string(), pa.int64(), pa.float64(), pa.bool_()
 MESSAGES = pa.list_(pa.struct([("role", S), ("content", S)]))
 
-PROBLEMS = pa.schema([("problem_id", S), ("source", S), ("problem", S), ("reference_solution", S), ("gold_answer", S)])
-
-ROLLOUTS = pa.schema([
-    ("rollout_id", S), ("problem_id", S), ("rollout_index", I), ("seed", I), ("text", S),
-    ("finish_reason", S), ("extracted_answer", S), ("verdict", S), ("verdict_reason", S), ("failed", B),
-    ("num_steps", I), ("prompt_tokens", I), ("completion_tokens", I),
-])
-
-CANDIDATES = pa.schema([
-    ("candidate_id", S), ("rollout_id", S), ("problem_id", S), ("rollout_index", I), ("candidate_index", I),
-    ("seed", I), ("solve_output", S), ("raw_output", S), ("finish_reason", S), ("parse_status", S),
-    ("parse_detail", S), ("location", I), ("intervention", S), ("attempt_shortened", B),
-    ("prompt_tokens", I), ("completion_tokens", I),
-])
-
-CONTINUATIONS = pa.schema([
-    ("continuation_id", S), ("kind", S), ("candidate_id", S), ("rollout_id", S), ("problem_id", S),
-    ("location", I), ("sample_index", I), ("seed", I), ("text", S), ("finish_reason", S),
-    ("extracted_answer", S), ("verdict", S), ("verdict_reason", S),
-    ("prompt_tokens", I), ("completion_tokens", I), ("cached_tokens", I),
-])
-
-INTERVENTIONS = pa.schema([
-    # decision
-    ("candidate_id", S), ("accepted", B), ("reject_reason", S), ("selected", B),
-    ("check_samples", I), ("check_correct", I), ("check_ungradable", I), ("check_rate", F),
-    ("baseline_samples", I), ("baseline_correct", I), ("baseline_rate", F), ("lift", F),
-    # problem
-    ("problem_id", S), ("source", S), ("problem", S), ("reference_solution", S), ("gold_answer", S),
-    # failed rollout
-    ("rollout_id", S), ("rollout_index", I), ("rollout_seed", I), ("failed_trace", S), ("failed_answer", S),
-    ("failed_verdict", S), ("steps", pa.list_(S)), ("num_steps", I),
-    # candidate
-    ("candidate_index", I), ("candidate_seed", I), ("location", I), ("original_step", S), ("intervention", S),
-    ("target", S), ("solve_output", S), ("proposer_output", S),
-    # provenance
-    ("policy_model", S), ("proposer_model", S), ("system_prompt", S), ("sampling", S),
-    ("prompt_name", S), ("prompt_sha256", S), ("run_seed", I), ("faithful", B), ("intgen_version", S),
-    ("rollout_completion_tokens", I), ("proposer_prompt_tokens", I), ("proposer_completion_tokens", I),
-    ("check_completion_tokens", I),
-])
-
-SFT = pa.schema([
-    ("prompt", MESSAGES), ("completion", MESSAGES), ("problem_id", S), ("candidate_id", S),
-    ("rollout_id", S), ("location", I), ("check_rate", F), ("lift", F),
-])
-
-REJECTS = pa.schema([
-    ("stage", S), ("record_id", S), ("problem_id", S), ("reason", S), ("detail", S),
-])
+#: a chat: ``[{"role": ..., "content": ...}, ...]`` (Arrow: list of struct<role, content>)
+Messages = list[dict[str, str]]
+_ARROW = {str: S, int: I, float: F, bool: B}
 
 
-def table(rows: Iterable[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    """Rows (dicts keyed by column) as a table of exactly ``schema``; missing keys are null.
+def _arrow_type(hint: Any) -> pa.DataType:
+    if hint is Messages or typing.get_origin(hint) is list and typing.get_args(hint) == (dict[str, str],):
+        return MESSAGES
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(inner) == 1:
+            return _arrow_type(inner[0])
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return pa.list_(_arrow_type(item))
+    if hint in _ARROW:
+        return _ARROW[hint]
+    raise TypeError(f"no Arrow type for the annotation {hint!r}")
+
+
+def schema_of(record: type) -> pa.Schema:
+    """The Arrow schema of a record dataclass: one column per field, in field order
+    (``str`` string, ``int`` int64, ``float`` float64, ``bool`` bool, ``list[X]`` list,
+    :data:`Messages` list of struct<role, content>; ``X | None`` is the same type, nullable).
 
     Raises:
-        KeyError: a row carries a column the schema does not have (a bug, never data).
+        TypeError: a field has an annotation with no Arrow type.
+    """
+    hints = typing.get_type_hints(record)
+    return pa.schema([(f.name, _arrow_type(hints[f.name])) for f in dataclasses.fields(record)])
+
+
+_record = dataclass(slots=True)
+
+
+@_record
+class ProblemRow:
+    """``problems.parquet``: one problem (:class:`intgen.sources.Problem`'s fields)."""
+
+    problem_id: str
+    source: str
+    problem: str
+    reference_solution: str
+    gold_answer: str
+
+
+@_record
+class Rollout:
+    """``rollouts.parquet``: one rollout, graded. *failed* = verdict ``wrong`` or ``no_answer``."""
+
+    rollout_id: str
+    problem_id: str
+    rollout_index: int
+    seed: int
+    text: str
+    finish_reason: str
+    extracted_answer: Optional[str]
+    verdict: str
+    verdict_reason: Optional[str]
+    failed: bool
+    num_steps: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@_record
+class Candidate:
+    """``candidates.parquet``: one proposer sample with its parse status (``ok`` or why it
+    is not usable) and what was parsed."""
+
+    candidate_id: str
+    rollout_id: str
+    problem_id: str
+    rollout_index: int
+    candidate_index: int
+    seed: int
+    solve_output: Optional[str]
+    raw_output: str
+    finish_reason: str
+    parse_status: str
+    parse_detail: Optional[str]
+    location: Optional[int]
+    intervention: Optional[str]
+    attempt_shortened: bool
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@_record
+class Continuation:
+    """``continuations.parquet``: one check (``kind="check"``) or baseline continuation, graded."""
+
+    continuation_id: str
+    kind: str
+    candidate_id: Optional[str]
+    rollout_id: str
+    problem_id: str
+    location: int
+    sample_index: int
+    seed: int
+    text: str
+    finish_reason: str
+    extracted_answer: Optional[str]
+    verdict: str
+    verdict_reason: Optional[str]
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: Optional[int]
+
+
+@_record
+class Intervention:
+    """``interventions.parquet``: one parsed candidate with its decision, rates, lift and full lineage."""
+
+    # decision
+    candidate_id: str
+    accepted: bool
+    reject_reason: Optional[str]
+    selected: bool
+    check_samples: int
+    check_correct: int
+    check_ungradable: int
+    check_rate: Optional[float]
+    baseline_samples: int
+    baseline_correct: int
+    baseline_rate: Optional[float]
+    lift: Optional[float]
+    # problem
+    problem_id: str
+    source: str
+    problem: str
+    reference_solution: str
+    gold_answer: str
+    # failed rollout
+    rollout_id: str
+    rollout_index: int
+    rollout_seed: int
+    failed_trace: str
+    failed_answer: Optional[str]
+    failed_verdict: str
+    steps: list[str]
+    num_steps: int
+    # candidate
+    candidate_index: int
+    candidate_seed: int
+    location: int
+    original_step: str
+    intervention: str
+    target: str
+    solve_output: Optional[str]
+    proposer_output: str
+    # provenance
+    policy_model: str
+    proposer_model: str
+    system_prompt: Optional[str]
+    sampling: str
+    prompt_name: str
+    prompt_sha256: str
+    run_seed: int
+    faithful: bool
+    intgen_version: str
+    rollout_completion_tokens: int
+    proposer_prompt_tokens: int
+    proposer_completion_tokens: int
+    check_completion_tokens: int
+    # how the check stage stopped drawing continuations: null (all r drawn), "early_stop"
+    # (check.early_stop: enough successes) or "gave_up" (check.give_up_after failures in a row)
+    check_stopped: Optional[str] = None
+
+
+@_record
+class SFTRow:
+    """``sft.parquet``: a selected accepted candidate as TRL prompt/completion messages."""
+
+    prompt: Messages
+    completion: Messages
+    problem_id: str
+    candidate_id: str
+    rollout_id: str
+    location: int
+    check_rate: Optional[float]
+    lift: Optional[float]
+
+
+@_record
+class Reject:
+    """``rejects.parquet``: something dropped before it became a candidate, with its stage and reason."""
+
+    stage: str
+    record_id: str
+    problem_id: Optional[str]
+    reason: str
+    detail: Optional[str]
+
+
+PROBLEMS = schema_of(ProblemRow)
+ROLLOUTS = schema_of(Rollout)
+CANDIDATES = schema_of(Candidate)
+CONTINUATIONS = schema_of(Continuation)
+INTERVENTIONS = schema_of(Intervention)
+SFT = schema_of(SFTRow)
+REJECTS = schema_of(Reject)
+
+
+def table(rows: Iterable[Any], schema: pa.Schema) -> pa.Table:
+    """Rows (record dataclasses, or dicts keyed by column) as a table of exactly ``schema``;
+    a dict's missing keys are null.
+
+    Raises:
+        KeyError: a dict row carries a column the schema does not have (a bug, never data).
     """
     rows = list(rows)
-    names = set(schema.names)
+    names = schema.names
+    if rows and dataclasses.is_dataclass(rows[0]):
+        columns = {n: [getattr(r, n) for r in rows] for n in names}
+        return pa.table(columns, schema=schema)
+    known = set(names)
     for row in rows:
-        extra = set(row) - names
+        extra = set(row) - known
         if extra:
             raise KeyError(f"columns {sorted(extra)} are not in the schema")
     return pa.Table.from_pylist(rows, schema=schema)
@@ -105,8 +271,13 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def write_parquet(rows: Iterable[dict[str, Any]], schema: pa.Schema, path: Path) -> int:
-    """Write rows as Parquet atomically; returns the row count."""
+def write_parquet(rows: Iterable[Any], schema: pa.Schema, path: Path,
+                  sort: Callable[[Any], Any] | None = None) -> int:
+    """Write rows (records or dicts) as Parquet atomically, sorted by ``sort`` when given
+    (the table's canonical order); returns the row count."""
+    rows = list(rows)
+    if sort is not None:
+        rows.sort(key=sort)
     t = table(rows, schema)
     _atomic_write(Path(path), lambda tmp: pq.write_table(t, tmp))
     return t.num_rows

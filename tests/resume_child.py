@@ -21,6 +21,7 @@ from intgen.backends.fake import FakeBackend  # noqa: E402
 from intgen.runner import run_job  # noqa: E402
 
 out_dir, problems_file, calls_log, kill = (sys.argv[1:5] + ["", "", "", "none"])[:4]
+GROUP, WINDOW = 4, 2
 
 
 def die():
@@ -58,5 +59,7 @@ if __name__ == "__main__":  # the grading pool spawns workers that import this m
 
         tables._atomic_write = patched
 
-    spec = test_pipeline.make_spec(problems_file, "grading.workers=1")
+    # small store groups and window, so the tests can bound what a kill loses
+    spec = test_pipeline.make_spec(problems_file, "grading.workers=1", f"executor.store_group_size={GROUP}",
+                                   f"executor.window={WINDOW}")
     run_job(spec, out_dir, backend=FakeBackend(script), progress=False)

@@ -118,7 +118,9 @@ def test_proposer_on_another_backend(tmp_path, grader):
     assert manifest["backends"]["proposer"]["kind"] == "openai" and manifest["backends"]["policy"]["kind"] == "fake"
 
 
-def test_continuation_none_serves_rollouts_and_the_check_stage_refuses_it(tmp_path, grader):
+def test_continuation_none_is_refused_as_policy_before_any_request(tmp_path, grader):
+    """A run whose check stage could never be served is refused before it spends anything;
+    such a server can still be the proposer (test above)."""
     with FakeOpenAIServer() as server:
         spec = _spec(tmp_path, server.url, limit=2, backend={"continuation": "none"},
                      propose={"prompt": "prompts/int-propose.yaml"})
@@ -127,8 +129,8 @@ def test_continuation_none_serves_rollouts_and_the_check_stage_refuses_it(tmp_pa
         out = tmp_path / "run"
         with pytest.raises(BackendError, match="check stage"):
             run_job(spec, out, spec_dir=ROOT / "pipelines", progress=False, grader=grader)
-    assert (out / "rollouts.parquet").exists() and (out / "candidates.parquet").exists()
-    assert all(not e.body.get("continue_final_message") for e in server.log)
+    assert not out.exists()
+    assert not [e for e in server.log if e.path.endswith("completions")]
 
 
 def _requests(n, continue_final=False, max_tokens=16):

@@ -206,7 +206,7 @@ def test_end_to_end_tables_and_funnel(tmp_path, problems_file, run):
     assert stats["funnel"] == result.funnel
     assert stats["tokens"]["check"]["samples"] == 20
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["complete"] is True and set(manifest["stages"].values()) == {"done"}
+    assert manifest["complete"] is True and {s["status"] for s in manifest["stages"].values()} == {"done"}
 
 
 def test_tables_agree_with_each_other(tmp_path, problems_file, run):
@@ -265,18 +265,46 @@ def test_faithful_preset(tmp_path, problems_file, run):
     assert job["faithful"] is True and job["select"]["per_rollout"] == "first"
 
 
-def test_early_stop_aborts_remaining_continuations(tmp_path, problems_file, run):
-    # completions arrive 20 ms apart, as from an engine, so verdicts can stop the rest
-    result, out, backend = run(tmp_path, problems_file, "check.early_stop=true", backend=FakeBackend(script, delay_s=0.02))
+def test_early_stop_draws_waves_and_keeps_the_decisions(tmp_path, problems_file, run):
+    # waves of 2 of r = 4; the rule is applied when a wave is complete, whatever the arrival order
+    result, out, backend = run(tmp_path, problems_file, "check.early_stop=true", "check.wave=2",
+                               backend=FakeBackend(script, delay_s=0.01))
     inter = {r["candidate_id"]: r for r in read(out, "interventions")}
-    # accepted candidates carry a null rate and the number of samples drawn
-    c = inter[f"{P2}/rollout-0/candidate-2"]
-    assert c["accepted"] and c["check_rate"] is None and 1 <= c["check_samples"] < 4
-    # a candidate that never succeeds draws all r samples and keeps its rate
-    assert inter[f"{P2}/rollout-0/candidate-0"]["check_rate"] == 0.0
-    assert inter[f"{P2}/rollout-0/candidate-0"]["check_samples"] == 4
+    got = {k: (r["accepted"], r["check_samples"], r["check_correct"], r["check_rate"], r["check_stopped"])
+           for k, r in inter.items() if r["reject_reason"] != "answer_leak"}
+    assert got == {
+        f"{P1}/rollout-1/candidate-0": (True, 2, 1, 0.5, "early_stop"),  # correct at 0 (and 2)
+        f"{P2}/rollout-0/candidate-0": (False, 4, 0, 0.0, None),  # never: all r drawn
+        f"{P2}/rollout-0/candidate-1": (True, 2, 1, 0.5, "early_stop"),  # correct at 1
+        f"{P2}/rollout-0/candidate-2": (True, 2, 2, 1.0, "early_stop"),  # correct at 0, 1 (and 3)
+        f"{P2}/rollout-1/candidate-2": (True, 4, 1, 0.25, None),  # correct at 3: the last wave
+    }
+    # the same accepted set as drawing all r (test_end_to_end_tables_and_funnel)
+    assert result.funnel["accepted"] == 4
     sent = [r for r in backend.calls if r.meta["stage"] == "check"]
-    assert len(sent) < 20
+    assert len(sent) == 14  # of 20
+
+
+def test_give_up_after_failures_in_a_row_changes_decisions(tmp_path, problems_file, run):
+    result, out, backend = run(tmp_path, problems_file, "check.give_up_after=2", "check.wave=2")
+    inter = {r["candidate_id"]: r for r in read(out, "interventions")}
+    got = {k: (r["accepted"], r["reject_reason"], r["check_samples"], r["check_stopped"])
+           for k, r in inter.items() if r["reject_reason"] != "answer_leak"}
+    assert got == {
+        f"{P1}/rollout-1/candidate-0": (True, None, 4, None),
+        f"{P2}/rollout-0/candidate-0": (False, "gave_up", 2, "gave_up"),
+        f"{P2}/rollout-0/candidate-1": (True, None, 4, None),  # accepted at sample 1: not hopeless
+        f"{P2}/rollout-0/candidate-2": (True, None, 4, None),
+        f"{P2}/rollout-1/candidate-2": (False, "gave_up", 2, "gave_up"),  # its success (sample 3) is never drawn
+    }
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["check_stopped"] == {"gave_up": 2}
+
+
+def test_stopping_rules_are_refused_in_faithful_mode(problems_file):
+    from intgen.config import SpecError
+    with pytest.raises(SpecError, match="check.give_up_after"):
+        make_spec(problems_file, "faithful=true", "check.give_up_after=12")
 
 
 def test_continuations_that_all_fail_reject_every_candidate(tmp_path, problems_file, run):
@@ -297,11 +325,12 @@ def test_system_prompt_is_sent_to_policy_chats_only(tmp_path, problems_file, run
         assert has_system == (r.meta["stage"] in ("rollout", "check", "baseline"))
 
 
-def test_backend_that_cannot_continue_is_refused_at_check(tmp_path, problems_file, run):
+def test_backend_that_cannot_continue_is_refused_before_any_model_call(tmp_path, problems_file, run):
     from intgen.backends import BackendError
-    with pytest.raises(BackendError, match="cannot do"):
-        run(tmp_path, problems_file, backend=FakeBackend(script, can_continue=False))
-    assert (tmp_path / "run" / "candidates.parquet").exists()
+    backend = FakeBackend(script, can_continue=False)
+    with pytest.raises(BackendError, match="cannot\n?.*do"):
+        run(tmp_path, problems_file, backend=backend)
+    assert backend.calls == [] and not (tmp_path / "run").exists()
 
 
 def test_context_limit_shortens_attempt_and_rejects_what_cannot_fit(tmp_path, problems_file, run):

@@ -47,13 +47,10 @@ def read(run, name):
 
 
 @pytest.mark.parametrize("kill", [
-    "calls:2", "calls:5",            # inside rollout
-    "calls:8",                       # inside the solve turn
-    "calls:15",                      # inside propose
-    "after:candidates.parquet",      # between propose and check
-    "calls:30", "calls:45",          # inside check
-    "calls:52",                      # inside baseline
-    "after:continuations.parquet",   # between baseline and select
+    "calls:2", "calls:5", "calls:8", "calls:15",  # early: rollouts, solve turns and proposals in flight
+    "calls:30", "calls:45", "calls:52",          # later: checks and baselines in flight
+    "after:rollouts.parquet",        # every model call answered, tables being written
+    "after:continuations.parquet",
     "during:interventions.parquet",  # during the final write
 ])
 def test_kill_and_resume_gives_the_uninterrupted_tables(tmp_path, problems_file, reference, kill):
@@ -66,9 +63,10 @@ def test_kill_and_resume_gives_the_uninterrupted_tables(tmp_path, problems_file,
     assert resumed.returncode == 0, resumed.stderr
     calls = log.read_text().split()
     after = calls[len(before):]
-    # nothing answered before the kill is asked again; at most the one in flight at the kill
-    assert len(calls) <= len(ref_calls) + 1
-    assert set(before[:-1]).isdisjoint(after)
+    # what a kill loses: the samples of the store's uncommitted group and those in flight
+    # (resume_child.py: groups of 4, a window of 2)
+    from resume_child import GROUP, WINDOW
+    assert len(set(before[:-1]) & set(after)) <= GROUP + WINDOW
     assert sorted(set(calls)) == sorted(ref_calls)
     for name in TABLES:
         assert read(out, name).equals(read(ref_run, name)), name

@@ -1,6 +1,6 @@
 """Child process for the vLLM kill-and-resume test: runs the demo spec on vLLM's CPU
 build, logs the ids of the requests sent to the engine, and with KILL=N kills itself
-(SIGKILL) once N check continuations have been answered and stored.
+(SIGKILL) once N check continuations have been answered and committed to the store.
 
 usage: python vllm_resume_child.py OUT_DIR SENT_LOG KILL
 """
@@ -19,22 +19,25 @@ def main(out_dir: str, sent_log: str, kill: int) -> None:
     from intgen.runner import run_job
     from intgen.store import SampleStore
 
-    original = VLLMBackend.stream
-    answered = 0
+    complete, put = VLLMBackend.complete, SampleStore.put
+    stored = 0
 
-    async def logged(self, requests):
-        nonlocal answered
+    async def logged(self, request):
         with open(sent_log, "a") as f:
-            f.write("".join(r.id + "\n" for r in requests))
-        async for c in original(self, requests):
-            yield c
-            if kill and c.request_id.split("/")[-1].startswith("continuation-"):
-                answered += 1
-                if answered >= kill:
-                    os.kill(os.getpid(), signal.SIGKILL)
+            f.write(request.id + "\n")
+        return await complete(self, request)
 
-    VLLMBackend.stream = logged
-    del SampleStore  # the store writes each answer before the runner sees it
+    def put_and_commit(self, key, stage, completion):
+        nonlocal stored
+        put(self, key, stage, completion)
+        self.flush()  # committed: a resume must not ask for it again
+        if kill and completion.request_id.split("/")[-1].startswith("continuation-"):
+            stored += 1
+            if stored >= kill:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    VLLMBackend.complete = logged
+    SampleStore.put = put_and_commit
     spec = load_spec(ROOT / "pipelines" / "demo.yaml", ["limit=2", "rollout.k=2", "propose.m=2", "check.r=3",
                                                          "sampling.max_tokens=96", "grading.workers=1"])
     run_job(spec, out_dir, spec_dir=ROOT / "pipelines", progress=False)

@@ -1,15 +1,18 @@
 """The backend interface (DESIGN section 5).
 
-One small async interface: submit requests, receive each completion as it finishes,
-abort what is pending. A :class:`Request` is one sample (one seed): backends may group
-samples of one prompt where they keep per-sample seeds, but the caller always sees one
-:class:`Completion` per request. Streaming (rather than one blocking call per stage) is
-what lets the runner grade and record answers while the engine generates.
+One small async interface: complete one request, abort what is pending. A
+:class:`Request` is one sample (one seed): backends may batch samples where they keep
+per-sample seeds, but the caller always sees one :class:`Completion` per request. The
+executor (:mod:`intgen.executor`) keeps a bounded window of requests in each backend and
+refills it from its priority queue as completions arrive, which is what lets a run grade
+and record answers while the engine generates and feed each record to its next stage at
+once (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
@@ -39,7 +42,10 @@ class Request:
         sampling: the sampling parameters.
         seed: the per-sample seed (:func:`sample_seed`).
         meta: free-form tags for tracing (stage, problem id); backends never change the
-            text they generate because of it, except the scripted fake.
+            text they generate because of it, except the scripted fake and the simulator.
+        priority: set by the executor: lower goes first (vLLM's convention). An engine that
+            schedules by priority (vLLM with ``scheduling_policy: priority``) gets it; it
+            never changes the text, nor the sample's store key.
     """
 
     id: str
@@ -48,6 +54,7 @@ class Request:
     seed: int
     continue_final: bool = False
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    priority: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -74,30 +81,68 @@ class BackendError(RuntimeError):
 
 
 class Backend(abc.ABC):
-    """Base class of every backend. Subclasses implement :meth:`stream` and :meth:`abort`."""
+    """Base class of every backend. Subclasses implement :meth:`complete` and :meth:`abort`.
+
+    The executor (:mod:`intgen.executor`) keeps at most :attr:`max_in_flight` requests in
+    a backend at once and calls :meth:`complete` once per request; :meth:`stream` is the
+    same for a fixed list of requests (probes, tests).
+    """
 
     #: whether the backend can continue an unfinished assistant turn (the check stage needs it)
     can_continue: bool = True
-    #: the model's context length in tokens, when known
+    #: the model's context length in tokens, when known (after :meth:`prepare`)
     max_model_len: int | None = None
+    #: how many requests the executor keeps in this backend at once (its in-flight window);
+    #: None lets the executor choose (docs/architecture.md, "The executor")
+    max_in_flight: int | None = None
+    #: a simulated engine's virtual clock (:class:`intgen.backends.sim.VirtualClock`), which
+    #: the executor advances while it has nothing else to do; None for real engines
+    clock: Any = None
+
+    async def prepare(self) -> None:
+        """Make what rendering, counting prompt tokens and :attr:`max_model_len` need
+        (a tokenizer, the context length), without loading the model. Called before any
+        request is built, so a run whose every answer is in its sample store never starts
+        the engine. Idempotent. The default does nothing."""
 
     async def start(self) -> None:
-        """Load the model or connect; called once before the first :meth:`stream`."""
+        """Load the model or connect; called once, before the first :meth:`complete` (after
+        :meth:`prepare`). Idempotent."""
 
     async def close(self) -> None:
         """Release the engine or connection."""
 
     @abc.abstractmethod
-    def stream(self, requests: Sequence[Request]) -> AsyncIterator[Completion]:
-        """Generate every request; yield each completion as soon as it finishes, in any order.
+    async def complete(self, request: Request) -> Completion:
+        """Generate one request and return its completion.
 
-        A failed request yields a completion with ``finish_reason="error"`` rather than
-        raising, so one bad request never sinks the others.
+        A request that fails returns a completion with ``finish_reason="error"`` (and an
+        aborted one ``"abort"``) rather than raising, so one bad request never sinks the
+        others. Raise :class:`BackendError` only when no request can succeed any more
+        (a dead engine, a template that breaks every continuation): the run stops.
         """
+
+    def submit(self, request: Request) -> asyncio.Future:
+        """Start one request now; returns a future of its :meth:`complete` result. The
+        executor sends every request through here. The default runs :meth:`complete` in a
+        task; a simulated engine registers the request at once instead."""
+        return asyncio.ensure_future(self.complete(request))
 
     @abc.abstractmethod
     def abort(self, request_ids: Iterable[str]) -> None:
-        """Stop generating these requests; each still yields one completion (``"abort"``)."""
+        """Stop generating these requests; each still completes once (``"abort"``)."""
+
+    async def stream(self, requests: Sequence[Request]) -> AsyncIterator[Completion]:
+        """Generate every request at once; yield each completion as soon as it finishes, in any order."""
+        await self.prepare()
+        await self.start()
+        tasks = [asyncio.ensure_future(self.complete(r)) for r in requests]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                yield await next_done
+        finally:
+            for t in tasks:
+                t.cancel()
 
     def count_prompt_tokens(self, messages: Sequence[dict[str, str]], continue_final: bool = False) -> int:
         """Tokens of the rendered prompt. The default is a rough character estimate (4 chars a token)."""

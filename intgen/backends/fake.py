@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from typing import Any, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from intgen.backends.base import Backend, Completion, Request
 
@@ -30,7 +30,8 @@ class FakeBackend(Backend):
         script: the reply function; defaults to :func:`demo_script`.
         max_model_len: reported context length (tokens are whitespace-separated words).
         can_continue: set False to act like a chat API that cannot continue a turn.
-        delay_s: seconds between completions, standing in for generation time.
+        delay_s: about how long one request takes (0.5-1.5 times it, fixed by the request's
+            id), standing in for generation time.
 
     Attributes:
         calls: every request answered so far (in answer order), for tests.
@@ -48,14 +49,14 @@ class FakeBackend(Backend):
     def count_prompt_tokens(self, messages: Sequence[dict[str, str]], continue_final: bool = False) -> int:
         return sum(len(m["content"].split()) for m in messages) + 4 * len(messages)
 
-    async def stream(self, requests: Sequence[Request]) -> AsyncIterator[Completion]:
-        for request in sorted(requests, key=lambda r: _order_key(r.id)):
-            await asyncio.sleep(self.delay_s)  # let the consumer run between completions, as with a real engine
-            if request.id in self._aborted:
-                yield Completion(request.id, "", "abort")
-                continue
-            self.calls.append(request)
-            yield self._answer(request)
+    async def complete(self, request: Request) -> Completion:
+        # a delay that differs from request to request (fixed by the id), so completions
+        # arrive out of submission order, as from an engine
+        await asyncio.sleep(self.delay_s * (0.5 + int(_order_key(request.id)[:4], 16) / 65536))
+        if request.id in self._aborted:
+            return Completion(request.id, "", "abort")
+        self.calls.append(request)
+        return self._answer(request)
 
     def _answer(self, request: Request) -> Completion:
         prompt_tokens = self.count_prompt_tokens(request.messages, request.continue_final)

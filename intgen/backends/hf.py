@@ -20,7 +20,8 @@ SmolLM2 ran at 2 tokens/s with 2 threads and 16-18 tokens/s with 1.
   in another batch may differ (``batch_size: 1`` makes every sample independent of the
   others).
 - Generation runs in a worker thread (``asyncio.to_thread``), so the event loop stays
-  free to grade and record; completions are yielded as each batch finishes.
+  free to grade and record; requests wait in a small queue and go out in batches, and
+  each completes as its batch finishes.
 - ``abort`` stops those rows at the next token (a stopping criterion).
 """
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from intgen.backends.base import Backend, BackendError, Completion, Request
 from intgen.backends.templates import ChatRenderer, PrefixFidelityError
@@ -115,19 +116,41 @@ class TransformersBackend(Backend):
         self.renderer: ChatRenderer | None = None
         self.device: str | None = None
         self._threads: int | None = None
+        self._path: str | None = None
         self._aborted: set[str] = set()
+        self._waiting: list[tuple[Request, list[int], asyncio.Future]] = []
+        self._worker: asyncio.Future | None = None
         self._lock = threading.Lock()  # one generate at a time
+
+    async def prepare(self) -> None:
+        """The tokenizer, the chat renderer and the context length (from the model's config), without the weights."""
+        if self.renderer is not None:
+            return
+        await asyncio.to_thread(self._prepare)
+
+    def _prepare(self) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        self._path = materialize(self.model_name)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self._path)
+            config = AutoConfig.from_pretrained(self._path)
+        except Exception as e:
+            raise BackendError(f"transformers could not load {self.model_name!r} ({self._path}): "
+                               f"{type(e).__name__}: {e}") from e
+        self.renderer = ChatRenderer(self.tokenizer, self.spec.chat_template_kwargs)
+        self.max_model_len = self.spec.max_model_len or getattr(config, "max_position_embeddings", None)
 
     async def start(self) -> None:
         if self.model is not None:
             return
+        await self.prepare()
         await asyncio.to_thread(self._load)
 
     def _load(self) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        path = materialize(self.model_name)
         self.device = _pick_device(self.spec.device)
         # all cores but one by default on CPU: the event loop and the grading pool need one, and
         # OpenMP threads that wait for a busy core slow generate several-fold (set around each
@@ -137,14 +160,10 @@ class TransformersBackend(Backend):
         dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
                  "float16": torch.float16}[self.spec.dtype]
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(self._path, dtype=dtype)
         except Exception as e:
-            raise BackendError(f"transformers could not load {self.model_name!r} ({path}): {type(e).__name__}: {e}") from e
-        self.renderer = ChatRenderer(self.tokenizer, self.spec.chat_template_kwargs)
+            raise BackendError(f"transformers could not load {self.model_name!r} ({self._path}): {type(e).__name__}: {e}") from e
         self.model = model.to(self.device).eval()
-        ctx = getattr(model.config, "max_position_embeddings", None)
-        self.max_model_len = self.spec.max_model_len or ctx
         gen = model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
         self._eos = set(eos if isinstance(eos, list) else [eos]) - {None}
@@ -157,42 +176,57 @@ class TransformersBackend(Backend):
     def count_prompt_tokens(self, messages: Sequence[dict[str, str]], continue_final: bool = False) -> int:
         return len(self.renderer.ids(messages, continue_final))
 
-    async def stream(self, requests: Sequence[Request]) -> AsyncIterator[Completion]:
+    @property
+    def max_in_flight(self) -> int:  # type: ignore[override]
+        """Two batches: one generating, one gathering."""
+        return 2 * self.spec.batch_size
+
+    async def complete(self, request: Request) -> Completion:
         if self.model is None:
             await self.start()
-        ready: list[tuple[Request, list[int]]] = []
-        for r in requests:
+        try:
+            rendered = self.renderer.render(request.messages, request.continue_final)
+        except PrefixFidelityError:
+            raise
+        except Exception as e:  # one bad request never sinks the others
+            return Completion(request.id, "", "error", error=f"{type(e).__name__}: {e}")
+        if rendered.problem is not None:
+            return Completion(request.id, "", "error", len(rendered.ids), error=rendered.problem)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, rendered.ids, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.ensure_future(self._batches())
+        return await future
+
+    async def _batches(self) -> None:
+        """Generate the waiting requests in batches of up to ``backend.batch_size`` with the
+        same sampling parameters (the oldest request's), prompts of similar length together."""
+        while self._waiting:
+            await asyncio.sleep(0)  # let requests sent at the same moment join the batch
+            s = self._waiting[0][0].sampling
+            key = (s.max_tokens, s.temperature, s.top_p, s.top_k)
+            same = [it for it in self._waiting if (it[0].sampling.max_tokens, it[0].sampling.temperature,
+                                                   it[0].sampling.top_p, it[0].sampling.top_k) == key]
+            same.sort(key=lambda it: len(it[1]))
+            batch = same[: self.spec.batch_size]
+            taken = {id(it) for it in batch}
+            self._waiting = [it for it in self._waiting if id(it) not in taken]
+            live = []
+            for r, ids, fut in batch:
+                if r.id in self._aborted:
+                    fut.set_result(Completion(r.id, "", "abort", len(ids)))
+                else:
+                    live.append((r, ids, fut))
+            if not live:
+                continue
             try:
-                rendered = self.renderer.render(r.messages, r.continue_final)
-            except PrefixFidelityError:
-                raise
-            except Exception as e:  # one bad request never sinks the others
-                yield Completion(r.id, "", "error", error=f"{type(e).__name__}: {e}")
-                continue
-            if rendered.problem is not None:
-                yield Completion(r.id, "", "error", len(rendered.ids), error=rendered.problem)
-                continue
-            ready.append((r, rendered.ids))
-        # batches of equal sampling and max_tokens; similar prompt lengths together (less padding)
-        groups: dict[tuple, list[tuple[Request, list[int]]]] = {}
-        for item in sorted(ready, key=lambda x: len(x[1])):
-            s = item[0].sampling
-            groups.setdefault((s.max_tokens, s.temperature, s.top_p, s.top_k), []).append(item)
-        size = self.spec.batch_size
-        for items in groups.values():
-            for k in range(0, len(items), size):
-                batch = [it for it in items[k:k + size] if it[0].id not in self._aborted]
-                for it in items[k:k + size]:
-                    if it[0].id in self._aborted:
-                        yield Completion(it[0].id, "", "abort", len(it[1]))
-                if not batch:
-                    continue
-                try:
-                    results = await asyncio.to_thread(self._generate, batch)
-                except Exception as e:
-                    results = [Completion(r.id, "", "error", len(ids), error=f"{type(e).__name__}: {e}") for r, ids in batch]
-                for c in results:
-                    yield c
+                results = await asyncio.to_thread(self._generate, [(r, ids) for r, ids, _ in live])
+            except Exception as e:
+                results = [Completion(r.id, "", "error", len(ids), error=f"{type(e).__name__}: {e}")
+                           for r, ids, _ in live]
+            for (_, _, fut), c in zip(live, results):
+                if not fut.done():
+                    fut.set_result(c)
 
     def _generate(self, batch: list[tuple[Request, list[int]]]) -> list[Completion]:
         import torch

@@ -51,7 +51,7 @@ import logging
 import os
 import re
 from collections import Counter
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from intgen.backends.base import Backend, BackendError, Completion, Request
@@ -113,8 +113,7 @@ class OpenAIBackend(Backend):
         self._sem: asyncio.Semaphore | None = None
         self._aborted: set[str] = set()
         self._tasks: dict[str, asyncio.Task] = {}
-        self._fatal: str | None = None
-        self._verified: set[str] = set()
+        self._checks: dict[str, asyncio.Future] = {}
         self._has_tokenize: bool | None = None
         self._token_counts: dict[str, int] = {}
         self.fidelity = {"server": "not checked yet", "completions": "rendered and checked locally",
@@ -217,124 +216,105 @@ class OpenAIBackend(Backend):
         return self._sync_client
 
     # -- the server-side prefix-fidelity check -----------------------------------------------------
-    async def _check_server_prefixes(self, requests: Sequence[Request]) -> dict[str, str]:
-        """Check each distinct continuation prompt as the server renders it (module
-        docstring); returns per-request problems (id -> message).
+    async def _prefix_problem(self, messages: tuple[dict, ...]) -> str | None:
+        """Check one continuation prompt as the server renders it (module docstring), once
+        per distinct prompt (requests that share it wait for the one check); returns the
+        request's own problem (e.g. a special token in its text), or None.
 
         Raises:
             PrefixFidelityError: the server would not put the exact prefix in front of the model.
         """
+        if self._has_tokenize is False:
+            return None
+        key = self._key(messages, True)
+        check = self._checks.get(key)
+        if check is None:
+            check = self._checks[key] = asyncio.ensure_future(self._check_prefix(messages))
+        return await asyncio.shield(check)
+
+    async def _check_prefix(self, messages: tuple[dict, ...]) -> str | None:
         import openai
 
-        todo: dict[str, tuple[dict, ...]] = {}
-        for r in requests:
-            if r.continue_final:
-                key = self._key(r.messages, True)
-                if key not in self._verified:
-                    todo.setdefault(key, r.messages)
-        problems: dict[str, str] = {}
-        if not todo or self._has_tokenize is False:
-            return problems
-        bad_keys: dict[str, str] = {}
-
-        async def check(key: str, messages: tuple[dict, ...]) -> None:
-            local = self.renderer.render(messages, True) if self.renderer is not None else None
-            if local is not None and local.problem is not None:
-                bad_keys[key] = local.problem
-                return
-            async with self._sem:
-                try:
-                    got = await self.client.post(self.root_url + "/tokenize", cast_to=object,
-                                                 body=self._chat_body(messages, True))
-                except (openai.NotFoundError, openai.APIStatusError) as e:
-                    if getattr(e, "status_code", None) in (404, 405, 501):
-                        self._has_tokenize = False
-                        return
-                    raise PrefixFidelityError(f"the server cannot render this continuation ({_short(e.message, 300)})") from None
-                ids = list(got["tokens"])
-                if local is not None:
-                    if local.repairs:
-                        raise PrefixFidelityError(
-                            f"the model's chat template needs a repair ({', '.join(local.repairs)}) that the server cannot "
-                            "apply to continue_final_message; use backend.continuation=completions, which renders the "
-                            "prompt in intgen with the repair")
-                    if ids != local.ids:
-                        i = next((k for k, (a, b) in enumerate(zip(ids, local.ids)) if a != b), min(len(ids), len(local.ids)))
-                        raise PrefixFidelityError(
-                            f"the server renders the continuation differently from the model's own chat template (first "
-                            f"difference at token {i} of {len(ids)} vs {len(local.ids)}: server {ids[i:i + 5]}, local "
-                            f"{local.ids[i:i + 5]}); was it started with another --chat-template? Use "
-                            "backend.continuation=completions or align the templates")
-                else:
-                    text = (await self.client.post(self.root_url + "/detokenize", cast_to=object,
-                                                   body={"model": self.served, "tokens": ids}))["prompt"]
-                    content = messages[-1]["content"]
-                    if not text.endswith(content):
-                        raise PrefixFidelityError(
-                            f"the server's rendering of the continuation does not end with the unfinished assistant "
-                            f"message (it ends with {text[-60:]!r}, the message with {content[-60:]!r}); use "
-                            "backend.continuation=completions, which renders and repairs the prompt in intgen")
-                self._verified.add(key)
-
-        await asyncio.gather(*(check(k, m) for k, m in todo.items()))
-        if self._has_tokenize is False:
-            self.fidelity = "unchecked: the server has no /tokenize endpoint"
-            log.warning("the server at %s has no /tokenize endpoint: continuation prompts are not checked for prefix "
-                        "fidelity (see docs/job-spec.md, backend.continuation)", _public_url(self.base_url))
-        elif self._verified:
-            self.fidelity = ("server /tokenize ids equal to the local rendering" if self.renderer is not None
-                             else "server /tokenize ids decode to text ending with the prefix")
-        for r in requests:
-            if r.continue_final and (p := bad_keys.get(self._key(r.messages, True))):
-                problems[r.id] = p
-        return problems
+        local = self.renderer.render(messages, True) if self.renderer is not None else None
+        if local is not None and local.problem is not None:
+            return local.problem
+        async with self._sem:
+            try:
+                got = await self.client.post(self.root_url + "/tokenize", cast_to=object,
+                                             body=self._chat_body(messages, True))
+            except (openai.NotFoundError, openai.APIStatusError) as e:
+                if getattr(e, "status_code", None) in (404, 405, 501):
+                    if self._has_tokenize is None:
+                        log.warning("the server at %s has no /tokenize endpoint: continuation prompts are not checked "
+                                    "for prefix fidelity (see docs/job-spec.md, backend.continuation)",
+                                    _public_url(self.base_url))
+                    self._has_tokenize = False
+                    self.fidelity = "unchecked: the server has no /tokenize endpoint"
+                    return None
+                raise PrefixFidelityError(f"the server cannot render this continuation ({_short(e.message, 300)})") from None
+            ids = list(got["tokens"])
+            if local is not None:
+                if local.repairs:
+                    raise PrefixFidelityError(
+                        f"the model's chat template needs a repair ({', '.join(local.repairs)}) that the server cannot "
+                        "apply to continue_final_message; use backend.continuation=completions, which renders the "
+                        "prompt in intgen with the repair")
+                if ids != local.ids:
+                    i = next((k for k, (a, b) in enumerate(zip(ids, local.ids)) if a != b), min(len(ids), len(local.ids)))
+                    raise PrefixFidelityError(
+                        f"the server renders the continuation differently from the model's own chat template (first "
+                        f"difference at token {i} of {len(ids)} vs {len(local.ids)}: server {ids[i:i + 5]}, local "
+                        f"{local.ids[i:i + 5]}); was it started with another --chat-template? Use "
+                        "backend.continuation=completions or align the templates")
+            else:
+                text = (await self.client.post(self.root_url + "/detokenize", cast_to=object,
+                                               body={"model": self.served, "tokens": ids}))["prompt"]
+                content = messages[-1]["content"]
+                if not text.endswith(content):
+                    raise PrefixFidelityError(
+                        f"the server's rendering of the continuation does not end with the unfinished assistant "
+                        f"message (it ends with {text[-60:]!r}, the message with {content[-60:]!r}); use "
+                        "backend.continuation=completions, which renders and repairs the prompt in intgen")
+        self._has_tokenize = True
+        self.fidelity = ("server /tokenize ids equal to the local rendering" if self.renderer is not None
+                         else "server /tokenize ids decode to text ending with the prefix")
+        return None
 
     # -- generation ----------------------------------------------------------------------------
-    async def stream(self, requests: Sequence[Request]) -> AsyncIterator[Completion]:
+    @property
+    def max_in_flight(self) -> int:  # type: ignore[override]
+        """``backend.concurrency``: what the server gets at once."""
+        return self.spec.concurrency
+
+    async def prepare(self) -> None:
+        """Connect (cheap): the context length comes from ``/v1/models``."""
+        await self.start()
+
+    async def complete(self, request: Request) -> Completion:
         if self.client is None:
             await self.start()
-        problems: dict[str, str] = {}
-        if self.spec.continuation == "server":
-            problems = await self._check_server_prefixes(requests)
-        queue: asyncio.Queue[Completion] = asyncio.Queue()
-        for r in requests:
-            self._tasks[r.id] = asyncio.create_task(self._run(r, queue, problems.get(r.id)))
+        self._tasks[request.id] = asyncio.current_task()
         try:
-            for _ in requests:
-                completion = await queue.get()
-                if self._fatal is not None:
-                    raise BackendError(self._fatal)
-                yield completion
-        finally:
-            for r in requests:
-                t = self._tasks.pop(r.id, None)
-                if t is not None:
-                    t.cancel()
-
-    async def _run(self, request: Request, queue: asyncio.Queue, problem: str | None) -> None:
-        try:
-            if problem is not None:
-                queue.put_nowait(Completion(request.id, "", "error", error=problem))
-                return
+            if self.spec.continuation == "server" and request.continue_final:
+                problem = await self._prefix_problem(request.messages)
+                if problem is not None:
+                    return Completion(request.id, "", "error", error=problem)
             async with self._sem:
                 if request.id in self._aborted:
-                    queue.put_nowait(Completion(request.id, "", "abort"))
-                    return
-                completion = await self._call(request)
-            queue.put_nowait(completion)
+                    return Completion(request.id, "", "abort")
+                return await self._call(request)
         except asyncio.CancelledError:
             if request.id in self._aborted:
-                queue.put_nowait(Completion(request.id, "", "abort"))
-                return
+                return Completion(request.id, "", "abort")
             raise
-        except PrefixFidelityError as e:
-            self._fatal = str(e)
-            queue.put_nowait(Completion(request.id, "", "error", error=str(e)))
+        except PrefixFidelityError:
+            raise
         except _Fatal as e:
-            self._fatal = str(e)
-            queue.put_nowait(Completion(request.id, "", "error", error=str(e)))
+            raise BackendError(str(e)) from None
         except Exception as e:  # one failed request never sinks the others
-            queue.put_nowait(Completion(request.id, "", "error", error=f"{type(e).__name__}: {_short(e)}"))
+            return Completion(request.id, "", "error", error=f"{type(e).__name__}: {_short(e)}")
+        finally:
+            self._tasks.pop(request.id, None)
 
     def request_body(self, request: Request) -> tuple[str, dict[str, Any], list[int] | None]:
         """The endpoint (``"chat"`` or ``"completions"``), the keyword arguments of the

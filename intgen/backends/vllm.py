@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from intgen.backends.base import Backend, BackendError, Completion, Request
 from intgen.backends.templates import ChatRenderer, PrefixFidelityError
@@ -45,23 +45,15 @@ class VLLMBackend(Backend):
         self.engine = None
         self.tokenizer = None
         self.renderer: ChatRenderer | None = None
+        self.max_num_seqs: int | None = None
+        self._path: str | None = None
+        self._priority = False
         self._aborted: set[str] = set()
         self._dead: str | None = None
-        self._fidelity: PrefixFidelityError | None = None
 
-    async def start(self) -> None:
-        if self.engine is not None:  # already started (one engine may serve several jobs)
-            return
-        from transformers import AutoTokenizer
-        from vllm import AsyncEngineArgs
+    def _engine_kwargs(self, path: str) -> dict[str, Any]:
         from vllm.platforms import current_platform
-        from vllm.v1.engine.async_llm import AsyncLLM
 
-        path = materialize(self.model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        if getattr(self.tokenizer, "chat_template", None) is None:
-            raise BackendError(f"model {self.model!r} has no chat template; intgen needs one to render chats")
-        self.renderer = ChatRenderer(self.tokenizer, self.spec.chat_template_kwargs)
         kwargs: dict[str, Any] = {"model": path, "enable_prefix_caching": True, "seed": 0}
         if current_platform.is_cpu():
             # the CPU build runs bfloat16 eagerly; a modest KV cache suits laptops and CI
@@ -77,11 +69,55 @@ class VLLMBackend(Backend):
             budget = max(kwargs.get("max_model_len") or 8192, 8192)
             kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=budget)
         kwargs.update(self.spec.engine_args)
+        return kwargs
+
+    async def prepare(self) -> None:
+        """The tokenizer, the chat renderer and the context length, without starting the
+        engine: the context length is ``backend.max_model_len`` (or ``engine_args``'), else
+        the one vLLM derives from the model's config (``EngineArgs.create_model_config``)."""
+        if self.renderer is not None:
+            return
+        from transformers import AutoTokenizer
+
+        self._path = materialize(self.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self._path)
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise BackendError(f"model {self.model!r} has no chat template; intgen needs one to render chats")
+        self.renderer = ChatRenderer(self.tokenizer, self.spec.chat_template_kwargs)
+        given = self.spec.engine_args.get("max_model_len") or self.spec.max_model_len
+        if given:
+            self.max_model_len = int(given)
+        else:
+            from vllm import AsyncEngineArgs
+
+            try:
+                self.max_model_len = AsyncEngineArgs(**self._engine_kwargs(self._path)).create_model_config().max_model_len
+            except Exception as e:
+                raise BackendError(f"vLLM cannot read the config of {self.model!r} ({self._path}): "
+                                   f"{type(e).__name__}: {e}") from e
+
+    async def start(self) -> None:
+        if self.engine is not None:  # already started (one engine may serve several jobs)
+            return
+        await self.prepare()
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        kwargs = self._engine_kwargs(self._path)
         try:
             self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         except Exception as e:
-            raise BackendError(f"vLLM could not start {self.model!r} ({path}): {type(e).__name__}: {e}") from e
+            raise BackendError(f"vLLM could not start {self.model!r} ({self._path}): {type(e).__name__}: {e}") from e
         self.max_model_len = self.engine.model_config.max_model_len
+        sched = self.engine.vllm_config.scheduler_config
+        self.max_num_seqs = sched.max_num_seqs
+        self._priority = getattr(sched, "policy", "fcfs") == "priority"
+
+    @property
+    def max_in_flight(self) -> int:  # type: ignore[override]
+        """Twice the engine's ``max_num_seqs``: its batch stays full between refills, and
+        the rest of the work waits in intgen's priority queue (docs/architecture.md)."""
+        return 2 * (self.max_num_seqs or self.spec.engine_args.get("max_num_seqs") or 256)
 
     async def close(self) -> None:
         if self.engine is not None:
@@ -103,55 +139,41 @@ class VLLMBackend(Backend):
     def count_prompt_tokens(self, messages: Sequence[dict[str, str]], continue_final: bool = False) -> int:
         return len(self.render(messages, continue_final))
 
-    async def stream(self, requests: Sequence[Request]) -> AsyncIterator[Completion]:
-        queue: asyncio.Queue[Completion] = asyncio.Queue()
-        tasks = [asyncio.create_task(self._generate(r, queue)) for r in requests]
-        try:
-            for _ in requests:
-                completion = await queue.get()
-                if self._fidelity is not None:
-                    raise self._fidelity
-                if self._dead is not None:
-                    raise BackendError(f"the vLLM engine died ({self._dead}); the run stopped. See the engine's log above "
-                                       "for the root cause.")
-                yield completion
-        finally:
-            for t in tasks:
-                t.cancel()
-
-    async def _generate(self, request: Request, queue: asyncio.Queue) -> None:
+    async def complete(self, request: Request) -> Completion:
         from vllm import SamplingParams
 
+        if self._dead is not None:
+            raise BackendError(f"the vLLM engine died ({self._dead}); the run stopped. See the engine's log above "
+                               "for the root cause.")
         try:
             rendered = self.renderer.render(request.messages, request.continue_final)
             if rendered.problem is not None:
-                queue.put_nowait(Completion(request.id, "", "error", error=rendered.problem))
-                return
+                return Completion(request.id, "", "error", error=rendered.problem)
             ids = rendered.ids
             s = request.sampling
             params = SamplingParams(n=1, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                     max_tokens=s.max_tokens, seed=request.seed)
+            extra = {"priority": request.priority} if self._priority else {}
             final = None
-            async for out in self.engine.generate({"prompt_token_ids": ids}, params, request_id=request.id):
+            async for out in self.engine.generate({"prompt_token_ids": ids}, params, request_id=request.id, **extra):
                 final = out
             if final is None or request.id in self._aborted:
-                queue.put_nowait(Completion(request.id, "", "abort", len(ids)))
-                return
+                return Completion(request.id, "", "abort", len(ids))
             choice = final.outputs[0]
-            queue.put_nowait(Completion(request.id, choice.text, choice.finish_reason or "stop", len(ids),
-                                        len(choice.token_ids), final.num_cached_tokens))
+            return Completion(request.id, choice.text, choice.finish_reason or "stop", len(ids),
+                              len(choice.token_ids), final.num_cached_tokens)
         except asyncio.CancelledError:
             raise
-        except PrefixFidelityError as e:  # the template breaks every continuation: stop the run
-            self._fidelity = e
-            queue.put_nowait(Completion(request.id, "", "error", error=str(e)))
+        except PrefixFidelityError:  # the template breaks every continuation: stop the run
+            raise
         except Exception as e:  # one failed request never sinks the others
             if type(e).__name__ == "EngineDeadError":
                 self._dead = f"{type(e).__name__}: {e}"
+                raise BackendError(f"the vLLM engine died ({self._dead}); the run stopped. See the engine's log "
+                                   "above for the root cause.") from e
             if request.id in self._aborted:
-                queue.put_nowait(Completion(request.id, "", "abort"))
-            else:
-                queue.put_nowait(Completion(request.id, "", "error", error=f"{type(e).__name__}: {e}"))
+                return Completion(request.id, "", "abort")
+            return Completion(request.id, "", "error", error=f"{type(e).__name__}: {e}")
 
     def abort(self, request_ids: Iterable[str]) -> None:
         ids = list(request_ids)

@@ -6,19 +6,19 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-#: the table each stage writes when it is done
-STAGE_TABLES = {"rollout": "rollouts", "propose": "candidates", "check": "continuations",
+#: the table each stage writes when the run is done
+STAGE_TABLES = {"rollout": "rollouts", "solve": None, "propose": "candidates", "check": "continuations",
                 "baseline": "continuations", "select": "interventions"}
-#: the request groups (progress-bar names) that belong to each stage
-STAGE_REQUESTS = {"rollout": ["rollout"], "propose": ["solve", "propose"], "check": ["check"],
-                  "baseline": ["baseline"], "select": []}
 
 
 def describe_run(run_dir: Path) -> dict:
-    """What ``intgen inspect`` prints, as data: per stage its status (done / in progress /
-    pending, from ``manifest.json``), its table's row count (or why it cannot be read),
-    samples answered (from the sample store) and left, and tokens so far.
+    """What ``intgen inspect`` prints, as data: per stage its status (pending / running /
+    done, from ``manifest.json``, docs/architecture.md "Stage status"), its table's row
+    count (or why it cannot be read), requests made so far, samples answered (from the
+    sample store), failed requests, and tokens so far. Stages overlap in a streaming run,
+    so the requests of a stage that is not done are a count so far, not a total.
 
     Raises:
         FileNotFoundError: ``run_dir`` holds no run (no ``manifest.json``).
@@ -31,29 +31,34 @@ def describe_run(run_dir: Path) -> dict:
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{run_dir} holds no intgen run (no manifest.json)")
     manifest = json.loads(manifest_path.read_text())
-    counts = SampleStore(run_dir / STORE_NAME).counts() if (run_dir / STORE_NAME).exists() else {}
-    requests = manifest.get("requests", {})
+    counts = {}
+    if (run_dir / STORE_NAME).exists():
+        store = SampleStore(run_dir / STORE_NAME)
+        try:
+            counts = store.counts()
+        finally:
+            store.close()
+    recorded = manifest.get("stages", {})
     stages = {}
-    for stage in STAGE_TABLES:
-        status = manifest.get("stages", {}).get(stage, "pending")
-        table = run_dir / f"{STAGE_TABLES[stage]}.parquet"
-        if not table.exists():
-            rows = None
-        else:
+    for stage, table_name in STAGE_TABLES.items():
+        entry = recorded.get(stage, {})
+        if isinstance(entry, str):  # a manifest written before the streaming executor
+            entry = {"status": entry, "requests": manifest.get("requests", {}).get(stage)}
+        status = entry.get("status", "pending")
+        if stage == "select":
+            status = "done" if manifest.get("complete") else "pending"
+        table = run_dir / f"{table_name}.parquet" if table_name else None
+        rows: Any = None
+        if table is not None and table.exists():
             try:
                 rows = pq.read_metadata(table).num_rows
             except Exception as e:  # a truncated or foreign file: it will be rewritten on resume
                 rows = f"unreadable ({type(e).__name__}); rewritten on resume"
-        groups = STAGE_REQUESTS[stage]
-        answered = sum(counts.get(g, {}).get("samples", 0) for g in groups)
-        asked = sum(requests.get(g, 0) for g in groups) if any(g in requests for g in groups) else None
-        if not groups:  # select makes no model call
-            asked = 0
+        got = counts.get(stage, {})
         stages[stage] = {
-            "status": {"running": "in progress"}.get(status, status), "rows": rows, "answered": answered,
-            "left": None if asked is None else max(asked - answered, 0),
-            "prompt_tokens": sum(counts.get(g, {}).get("prompt_tokens", 0) for g in groups),
-            "completion_tokens": sum(counts.get(g, {}).get("completion_tokens", 0) for g in groups),
+            "status": status, "rows": rows, "requests": entry.get("requests"),
+            "answered": got.get("samples", 0), "failed": entry.get("failed"),
+            "prompt_tokens": got.get("prompt_tokens", 0), "completion_tokens": got.get("completion_tokens", 0),
         }
     return {"run_dir": str(run_dir), "complete": manifest.get("complete", False), "stages": stages}
 
@@ -68,17 +73,18 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{info['run_dir']}: {'complete' if info['complete'] else 'not complete (resume with intgen generate ... --out DIR)'}")
-    print(f"  {'stage':<9} {'status':<12} {'rows':>8} {'answered':>9} {'left':>6} {'prompt tok':>11} {'output tok':>11}")
+    print(f"  {'stage':<9} {'status':<9} {'rows':>8} {'requests':>9} {'answered':>9} {'failed':>7} {'prompt tok':>11} "
+          f"{'output tok':>11}")
     for stage, s in info["stages"].items():
-        rows = "-" if s["rows"] is None else s["rows"]
-        left = "?" if s["left"] is None else s["left"]
-        print(f"  {stage:<9} {s['status']:<12} {rows!s:>8} {s['answered']:>9} {left!s:>6} "
-              f"{s['prompt_tokens']:>11} {s['completion_tokens']:>11}")
+        def show(v: Any) -> str:
+            return "-" if v is None else str(v)
+        print(f"  {stage:<9} {s['status']:<9} {show(s['rows']):>8} {show(s['requests']):>9} {s['answered']:>9} "
+              f"{show(s['failed']):>7} {s['prompt_tokens']:>11} {s['completion_tokens']:>11}")
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("inspect", help="show where a run stands: stage status, rows, samples answered and left, tokens")
+    p = sub.add_parser("inspect", help="show where a run stands: stage status, rows, requests, samples answered, failures, tokens")
     p.add_argument("run_dir", help="a run directory")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)

@@ -30,7 +30,6 @@ its coverage is 1 by construction; ``fresh=True`` draws new (c) and (d) samples
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +46,8 @@ from intgen.sources import Problem
 from intgen.stages import check as check_stage
 from intgen.stages.rollout import policy_messages
 from intgen.steps import STEP_SEPARATOR, baseline_target
-from intgen.store import STORE_NAME, SampleStore, StoredBackend
-from intgen.backends.base import clamp_to_context
+from intgen.executor import Executor
+from intgen.store import STORE_NAME, SampleStore
 
 CONDITIONS = ("problem", "prefix", "prefix_step", "intervention")
 LABELS = {"problem": "(a) problem alone", "prefix": "(b) prefix before the error",
@@ -210,44 +209,33 @@ async def lift_async(run_dir: str | Path, backend: Backend | None = None, r: int
     generated = 0
     if missing:
         store = SampleStore(run_dir / STORE_NAME)
-        inner = backend or make_backend(spec.backend, spec.model)
-        policy = StoredBackend(inner, store, spec.model)
+        policy = backend or make_backend(spec.backend, spec.model)
         own_grader = grader is None
         grader = grader or GradingPool(spec.grading.workers, spec.grading.timeout_s)
+        ex = Executor(("lift",), store, grader, progress=progress)
+        ex.add_engine("policy", policy, spec.model)
+
+        def record(q: Request, c: Completion, v: Any) -> None:
+            if v is None:
+                results[q.id] = {"origin": "lift", "verdict": None, "finish_reason": c.finish_reason,
+                                 "verdict_reason": c.error or c.finish_reason}
+                return
+            results[q.id] = {"origin": "lift", "text": c.text, "finish_reason": c.finish_reason,
+                             "extracted_answer": v.extracted, "verdict": v.status, "verdict_reason": v.reason,
+                             "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
+
         try:
             if not policy.can_continue:
                 raise BackendError("eval lift continues unfinished assistant turns, which this backend cannot do; "
                                    "use vllm, or a server with backend.continuation=completions")
-            await policy.start()
-            send = []
+            await ex.prepare()
+            sent = {q.id for q in ex.send(missing, record, stage="lift", grade=True)}
             for q in missing:
-                fitted = clamp_to_context(policy, q)
-                if fitted is None:
+                if q.id not in sent:
                     results[q.id] = {"origin": "lift", "verdict": None, "finish_reason": "error",
                                      "verdict_reason": "prompt_too_long"}
-                    continue
-                send.append(fitted)
-            by_id = {q.id: q for q in send}
-            pending: list[asyncio.Task] = []
-
-            async def record(q: Request, c: Completion) -> None:
-                if c.finish_reason in ("error", "abort"):
-                    results[q.id] = {"origin": "lift", "verdict": None, "finish_reason": c.finish_reason,
-                                     "verdict_reason": c.error or c.finish_reason}
-                    return
-                v = await grader.grade(q.meta["gold_answer"], c.text, c.finish_reason)
-                results[q.id] = {"origin": "lift", "text": c.text, "finish_reason": c.finish_reason,
-                                 "extracted_answer": v.extracted, "verdict": v.status, "verdict_reason": v.reason,
-                                 "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
-
-            from tqdm.auto import tqdm
-
-            with tqdm(total=len(send), desc="    lift", unit="sample", disable=not progress) as bar:
-                async for c in policy.stream(send):
-                    pending.append(asyncio.create_task(record(by_id[c.request_id], c)))
-                    bar.update(1)
-                await asyncio.gather(*pending)
-            generated = len(send) - policy.reused
+            await ex.run()
+            generated = ex.stages["lift"].sent
         finally:
             store.close()
             if own_grader:

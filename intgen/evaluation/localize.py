@@ -43,9 +43,9 @@ from intgen.evaluation import metrics as M
 from intgen.evaluation.spec import LocalizeSpec
 from intgen.prompts import ProposerPrompt, load_prompt
 from intgen.sources import Problem, load_source
-from intgen.backends.base import clamp_to_context
 from intgen.stages import propose as propose_stage
-from intgen.store import STORE_NAME, SampleStore, StoredBackend
+from intgen.executor import Executor
+from intgen.store import STORE_NAME, SampleStore
 
 S, I, F, B = pa.string(), pa.int64(), pa.float64(), pa.bool_()
 
@@ -276,26 +276,6 @@ def _check_prompt(prompt: ProposerPrompt, with_reference: bool, key: str) -> Non
         raise SpecError(f"propose.{key} ({prompt.path}): {e.message}; its templates may use only {what}") from None
 
 
-def _clamp(backend: Backend, requests: list[Request]) -> tuple[list[Request], list[Request]]:
-    """``max_tokens`` clamped to the context left; requests whose prompt fills it are returned apart."""
-    kept, dropped = [], []
-    for req in requests:
-        fitted = clamp_to_context(backend, req)
-        (dropped if fitted is None else kept).append(fitted or req)
-    return kept, dropped
-
-
-async def _stream(backend: Backend, requests: list[Request], desc: str, progress: bool) -> dict[str, Completion]:
-    from tqdm.auto import tqdm
-
-    out: dict[str, Completion] = {}
-    with tqdm(total=len(requests), desc=f"{desc:>8}", unit="sample", disable=not progress) as bar:
-        async for c in backend.stream(requests):
-            out[c.request_id] = c
-            bar.update(1)
-    return out
-
-
 @dataclass
 class LocalizeResult:
     """What ``eval localize`` wrote and its report (the content of ``report.json``)."""
@@ -336,52 +316,58 @@ async def localize_async(spec: LocalizeSpec, data: str | Path, out_dir: str | Pa
     s = spec.sampling
     sampling = Sampling(s.temperature, s.top_p, s.top_k, s.max_tokens)
     store = SampleStore(out / STORE_NAME)
-    inner = backend or make_backend(spec.backend, spec.model)
-    proposer = StoredBackend(inner, store, spec.model)
-    unanswered: dict[str, str] = {}  # request id -> why
+    proposer = backend or make_backend(spec.backend, spec.model)
+    ex = Executor(("solve", "propose"), store, progress=progress)
+    ex.add_engine("proposer", proposer, spec.model)
+    unanswered: dict[str, str] = {}  # request id or example id -> why
+    solve_out: dict[str, str] = {}
+    omitted: dict[str, range | None] = {}
+    answers: dict[str, Completion] = {}
+
+    def propose(e: Example) -> None:
+        """The m proposer samples of one row, sent as soon as its solve turn is answered."""
+        prompt = prompts[e.example_id]
+        shaped = proposer_chat(e, prompt, refs[e.example_id], solve_out.get(e.example_id), fits)
+        if shaped is None:
+            unanswered[e.example_id] = "prompt_too_long"
+            return
+        messages, omitted[e.example_id] = shaped
+        reqs = [Request(f"{e.example_id}/candidate-{i}", messages, sampling,
+                        sample_seed(spec.seed, f"{e.example_id}/candidate-{i}"),
+                        continue_final=prompt.response_prefix is not None,
+                        meta={"stage": "propose", "problem_id": e.example_id, "candidate_index": i,
+                              "gold_answer": refs[e.example_id].gold_answer if refs[e.example_id] else ""})
+                for i in range(spec.propose.m)]
+        sent = {r.id for r in ex.send(reqs, lambda r, c, v: answers.__setitem__(r.id, c), stage="propose",
+                                      role="proposer", route=e.example_id)}
+        for r in reqs:
+            if r.id not in sent:
+                unanswered[r.id] = "prompt_too_long"
+
+    def solved(e: Example, c: Completion) -> None:
+        if c.finish_reason in ("error", "abort"):
+            unanswered.setdefault(e.example_id, "solve_failed")
+            return
+        solve_out[e.example_id] = c.text
+        propose(e)
+
     try:
-        await proposer.start()
-        # -- solve turns (prompts that have one), one per row ----------------------------------
-        solve_reqs = []
-        for e in examples:
-            prompt = prompts[e.example_id]
-            if prompt.solve is not None:
-                rid = f"{e.example_id}/solve"
-                solve_reqs.append(Request(rid, (solve_message(e, prompt, refs[e.example_id]),), sampling,
-                                          sample_seed(spec.seed, rid), meta={"stage": "solve", "problem_id": e.example_id}))
-        solve_reqs, too_long = _clamp(proposer, solve_reqs)
-        solve_out: dict[str, str] = {}
-        for c in (await _stream(proposer, solve_reqs, "solve", progress)).values():
-            if c.finish_reason not in ("error", "abort"):
-                solve_out[c.request_id.rsplit("/", 1)[0]] = c.text
-        for r in too_long:
-            unanswered[r.meta["problem_id"]] = "prompt_too_long"
-        # -- proposer samples, m per row ------------------------------------------------------
+        await ex.prepare()
         ctx = proposer.max_model_len
         reserve = min(sampling.max_tokens, ctx // 4) if ctx else 0
         fits = (lambda msgs: proposer.count_prompt_tokens(msgs) + reserve <= ctx) if ctx else None
-        cand_reqs: list[Request] = []
-        omitted: dict[str, range | None] = {}
         for e in examples:
             prompt = prompts[e.example_id]
-            if prompt.solve is not None and e.example_id not in solve_out:
-                unanswered.setdefault(e.example_id, "solve_failed")
+            if prompt.solve is None:
+                propose(e)
                 continue
-            shaped = proposer_chat(e, prompt, refs[e.example_id], solve_out.get(e.example_id), fits)
-            if shaped is None:
+            rid = f"{e.example_id}/solve"
+            req = Request(rid, (solve_message(e, prompt, refs[e.example_id]),), sampling, sample_seed(spec.seed, rid),
+                          meta={"stage": "solve", "problem_id": e.example_id})
+            if not ex.send([req], lambda r, c, v, e=e: solved(e, c), stage="solve", role="proposer",
+                           route=e.example_id):
                 unanswered[e.example_id] = "prompt_too_long"
-                continue
-            messages, omitted[e.example_id] = shaped
-            for i in range(spec.propose.m):
-                rid = f"{e.example_id}/candidate-{i}"
-                cand_reqs.append(Request(rid, messages, sampling, sample_seed(spec.seed, rid),
-                                         continue_final=prompt.response_prefix is not None,
-                                         meta={"stage": "propose", "problem_id": e.example_id, "candidate_index": i,
-                                               "gold_answer": refs[e.example_id].gold_answer if refs[e.example_id] else ""}))
-        cand_reqs, too_long = _clamp(proposer, cand_reqs)
-        for r in too_long:
-            unanswered[r.id] = "prompt_too_long"
-        answers = await _stream(proposer, cand_reqs, "propose", progress)
+        await ex.run()
     finally:
         store.close()
         if close:

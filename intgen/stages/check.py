@@ -1,15 +1,37 @@
-"""Check and baseline stages: continue the unfinished assistant turn r times from
-prefix + intervention (check) or prefix + the original step (baseline), and grade each
-continuation (DESIGN section 1; digest 2.6)."""
+"""Check stage: continue the unfinished assistant turn r times from prefix + intervention,
+grade each continuation, and decide (DESIGN section 1; docs/paper.md; docs/architecture.md).
+
+A candidate's continuations go out the moment it is parsed. Without a stopping rule all r
+go at once. With ``check.early_stop`` or ``check.give_up_after`` they go in *waves* of
+``check.wave`` in sample-index order, and the rule is applied when a wave is complete, so
+the samples drawn do not depend on the order in which answers arrive:
+
+- ``early_stop``: stop at the wave that brings the ``accept.min_correct``-th success. The
+  decision is the one all r would give (a success cannot be undone); the recorded rate is
+  over the samples drawn (``check_samples``), ``check_stopped = "early_stop"``.
+- ``give_up_after: n``: stop once the last n graded samples (in index order) are all
+  failures while fewer than ``min_correct`` succeeded, checked at wave ends. This changes decisions (a candidate whose successes come
+  late is rejected, ``reject_reason = "gave_up"``); its recall against all r is measured by
+  benchmarks/schedule.py. Off by default, refused in faithful mode.
+
+The decision goes to ``on_decided`` (the baseline stage) as soon as it is made.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from intgen.backends.base import Completion, Request, Sampling, sample_seed
 from intgen.grading import Verdict
 from intgen.sources import Problem
+from intgen.stages import Flow
 from intgen.stages.rollout import policy_messages
+from intgen.steps import build_target, split_steps
+from intgen.tables import Candidate, Continuation, Rollout
+
+#: a verdict that is a sample but not a success (ungradable samples count against a candidate in a run of failures)
+_FAILURES = ("wrong", "no_answer", "ungradable")
 
 
 def continuation_requests(kind: str, base_id: str, problem: Problem, partial_trace: str, r: int, sampling: Sampling,
@@ -31,18 +53,17 @@ def continuation_requests(kind: str, base_id: str, problem: Problem, partial_tra
     return out
 
 
-def to_record(request: Request, completion: Completion, verdict: Verdict) -> dict[str, Any]:
+def to_record(request: Request, completion: Completion, verdict: Verdict) -> Continuation:
     """One ``continuations.parquet`` row. The continuation text alone is graded: the final
     answer must come from what the model wrote after the partial trace."""
     m = request.meta
-    return {
-        "continuation_id": request.id, "kind": "check" if m["stage"] == "check" else "baseline",
-        "candidate_id": m.get("candidate_id"), "rollout_id": m["rollout_id"], "problem_id": m["problem_id"],
-        "location": m["location"], "sample_index": m["sample_index"], "seed": request.seed,
-        "text": completion.text, "finish_reason": completion.finish_reason, "extracted_answer": verdict.extracted,
-        "verdict": verdict.status, "verdict_reason": verdict.reason, "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens, "cached_tokens": completion.cached_tokens,
-    }
+    return Continuation(
+        continuation_id=request.id, kind="check" if m["stage"] == "check" else "baseline",
+        candidate_id=m.get("candidate_id"), rollout_id=m["rollout_id"], problem_id=m["problem_id"],
+        location=m["location"], sample_index=m["sample_index"], seed=request.seed, text=completion.text,
+        finish_reason=completion.finish_reason, extracted_answer=verdict.extracted, verdict=verdict.status,
+        verdict_reason=verdict.reason, prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens, cached_tokens=completion.cached_tokens)
 
 
 def success_rate(verdicts: list[str]) -> float | None:
@@ -50,3 +71,108 @@ def success_rate(verdicts: list[str]) -> float | None:
     Aborted and failed requests are not samples."""
     graded = [v for v in verdicts if v in ("correct", "wrong", "no_answer")]
     return sum(v == "correct" for v in graded) / len(graded) if graded else None
+
+
+def should_stop(verdicts: list[str], min_correct: int, early_stop: bool, give_up_after: int | None) -> str | None:
+    """The stopping rule (module docstring) on the verdicts drawn so far, in sample-index
+    order: ``"early_stop"``, ``"gave_up"`` (only while fewer than ``min_correct`` succeeded:
+    an accepted candidate is not hopeless) or None (draw the next wave)."""
+    correct = sum(v == "correct" for v in verdicts)
+    if early_stop and correct >= min_correct:
+        return "early_stop"
+    if (give_up_after is not None and correct < min_correct and len(verdicts) >= give_up_after
+            and all(v in _FAILURES for v in verdicts[-give_up_after:])):
+        return "gave_up"
+    return None
+
+
+@dataclass
+class CheckResult:
+    """A checked candidate: its target, the verdicts of its answered continuations in
+    sample order, whether it is accepted and why its checks stopped early (or None)."""
+
+    candidate: Candidate
+    target: str
+    requests: list[Request]
+    verdicts: dict[int, str] = field(default_factory=dict)
+    drawn: int = 0
+    outstanding: int = 0
+    stopped: str | None = None
+    accepted: bool | None = None  # None until decided
+
+    def ordered(self) -> list[str]:
+        return [self.verdicts[i] for i in sorted(self.verdicts)]
+
+
+class CheckStage:
+    """Takes parsed candidates; sends their continuations (in waves with a stopping rule),
+    grades each, decides, and passes ``(candidate, accepted)`` to ``on_decided``.
+
+    Args:
+        flow: the executor (``policy`` role).
+        r, wave, early_stop, give_up_after, min_correct: ``check.*`` and ``accept.min_correct``.
+        sampling, system_prompt, run_seed, faithful: from the spec.
+        problems: problem id -> problem; rollouts: rollout id -> its record; order: problem
+            id -> position (canonical order).
+        on_decided: the next stage's ``add``.
+    """
+
+    name = "check"
+
+    def __init__(self, flow: Flow, r: int, wave: int | None, early_stop: bool, give_up_after: int | None,
+                 min_correct: int, sampling: Sampling, system_prompt: str | None, run_seed: int, faithful: bool,
+                 problems: dict[str, Problem], rollouts: dict[str, Rollout], order: dict[str, int],
+                 on_decided: Callable[[Candidate, bool], None]):
+        self.flow, self.r, self.min_correct = flow, r, min_correct
+        self.early_stop, self.give_up_after = early_stop, give_up_after
+        stopping = early_stop or give_up_after is not None
+        self.wave = min(wave or r, r) if stopping else r
+        self.sampling, self.system_prompt, self.run_seed, self.faithful = sampling, system_prompt, run_seed, faithful
+        self.problems, self.rollouts, self.order = problems, rollouts, order
+        self.on_decided = on_decided
+        self.results: dict[str, CheckResult] = {}
+        self.records: dict[str, Continuation] = {}
+
+    def add(self, candidate: Candidate) -> None:
+        steps = split_steps(self.rollouts[candidate.rollout_id].text)
+        target = build_target(steps, candidate.location, candidate.intervention, double_newlines=self.faithful)
+        reqs = continuation_requests(
+            "continuation", candidate.candidate_id, self.problems[candidate.problem_id], target, self.r, self.sampling,
+            self.system_prompt, self.run_seed, {"candidate_id": candidate.candidate_id,
+                                                "rollout_id": candidate.rollout_id, "location": candidate.location})
+        state = self.results[candidate.candidate_id] = CheckResult(candidate, target, reqs)
+        self._send_wave(state)
+
+    def _send_wave(self, state: CheckResult) -> None:
+        wave = state.requests[state.drawn: state.drawn + self.wave]
+        state.drawn += len(wave)
+        sent = self.flow.send(wave, lambda req, c, v: self._done(state, req, c, v), stage="check", grade=True,
+                              route=state.candidate.candidate_id)
+        state.outstanding += len(sent)
+        if state.outstanding == 0:  # none could be sent (prompt too long)
+            self._wave_done(state)
+
+    def _done(self, state: CheckResult, request: Request, completion: Completion, verdict: Verdict | None) -> None:
+        state.outstanding -= 1
+        if verdict is not None:
+            self.records[request.id] = to_record(request, completion, verdict)
+            state.verdicts[request.meta["sample_index"]] = verdict.status
+        if state.outstanding == 0:
+            self._wave_done(state)
+
+    def _wave_done(self, state: CheckResult) -> None:
+        verdicts = state.ordered()
+        if state.drawn < len(state.requests):
+            state.stopped = should_stop(verdicts, self.min_correct, self.early_stop, self.give_up_after)
+            if state.stopped is None:
+                self._send_wave(state)
+                return
+        state.accepted = sum(v == "correct" for v in verdicts) >= self.min_correct
+        self.on_decided(state.candidate, state.accepted)
+
+    def rows(self) -> list[Continuation]:
+        """The check rows of ``continuations.parquet``, canonical order: problem, rollout,
+        candidate, sample index."""
+        return sorted(self.records.values(), key=lambda c: (
+            self.order[c.problem_id], self.results[c.candidate_id].candidate.rollout_index,
+            self.results[c.candidate_id].candidate.candidate_index, c.sample_index))

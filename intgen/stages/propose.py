@@ -1,6 +1,9 @@
 """Propose stage: for each failed rollout, the proposer localizes the first critical error
 against the reference solution and proposes one replacement step, m samples per trace
-(DESIGN section 1; paper section 3, Algorithm 1; digest 2.4-2.5)."""
+(DESIGN section 1; paper section 3, Algorithm 1; docs/paper.md). With a solve turn, the
+rollout's solve request goes out first and its m critiques the moment it is answered; a
+parsed candidate that does not leak the answer goes on to the check stage the moment it is
+parsed (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -10,18 +13,20 @@ from intgen import interventions
 from intgen.backends.base import Completion, Request, Sampling, sample_seed
 from intgen.prompts import ProposerPrompt
 from intgen.sources import Problem
+from intgen.stages import Flow
 from intgen.steps import numbered_attempt, split_steps
+from intgen.tables import Candidate, Rollout
 
 
-def solve_request(problem: Problem, rollout: dict, prompt: ProposerPrompt, sampling: Sampling, run_seed: int) -> Request:
+def solve_request(problem: Problem, rollout: Rollout, prompt: ProposerPrompt, sampling: Sampling, run_seed: int) -> Request:
     """Message (1) of the proposer chat, sent first: the model solves the problem guided by
     the reference solution; its answer becomes message (2). One per failed rollout."""
-    rid = f"{rollout['rollout_id']}/solve"
+    rid = f"{rollout.rollout_id}/solve"
     text = prompt.render_solve(problem=problem.problem, reference_solution=problem.reference_solution,
                                gold_answer=problem.gold_answer)
     return Request(rid, ({"role": "user", "content": text},), sampling, sample_seed(run_seed, rid),
                    meta={"stage": "solve", "problem_id": problem.problem_id, "gold_answer": problem.gold_answer,
-                         "rollout_id": rollout["rollout_id"]})
+                         "rollout_id": rollout.rollout_id})
 
 
 def proposer_chat(prompt: ProposerPrompt, values: dict[str, Any], steps: list[str], solve_turn: tuple[str, str] | None,
@@ -53,10 +58,10 @@ def proposer_chat(prompt: ProposerPrompt, values: dict[str, Any], steps: list[st
     return chat(shaped.text), shaped.omitted
 
 
-def critique_messages(problem: Problem, rollout: dict, prompt: ProposerPrompt, solve_output: str | None,
+def critique_messages(problem: Problem, rollout: Rollout, prompt: ProposerPrompt, solve_output: str | None,
                       fits: Callable[[tuple[dict, ...]], bool] | None) -> tuple[tuple[dict, ...], range | None] | None:
     """:func:`proposer_chat` for one failed rollout of the run (its steps from :func:`split_steps`)."""
-    steps = split_steps(rollout["text"])
+    steps = split_steps(rollout.text)
     values = {"problem": problem.problem, "reference_solution": problem.reference_solution,
               "gold_answer": problem.gold_answer, "num_steps": len(steps)}
     solve_turn = None
@@ -66,20 +71,20 @@ def critique_messages(problem: Problem, rollout: dict, prompt: ProposerPrompt, s
     return proposer_chat(prompt, values, steps, solve_turn, fits)
 
 
-def candidate_requests(problem: Problem, rollout: dict, messages: tuple[dict, ...], m: int, sampling: Sampling,
+def candidate_requests(problem: Problem, rollout: Rollout, messages: tuple[dict, ...], m: int, sampling: Sampling,
                        run_seed: int, continue_final: bool = False) -> list[Request]:
     """m proposer samples, ids ``{rollout_id}/candidate-{i}`` for i in 0..m-1;
     ``continue_final`` when the chat ends in the prompt's ``response_prefix``."""
     out = []
     for i in range(m):
-        cid = f"{rollout['rollout_id']}/candidate-{i}"
+        cid = f"{rollout.rollout_id}/candidate-{i}"
         out.append(Request(cid, messages, sampling, sample_seed(run_seed, cid), continue_final=continue_final,
                            meta={"stage": "propose", "problem_id": problem.problem_id, "gold_answer": problem.gold_answer,
-                                 "rollout_id": rollout["rollout_id"], "candidate_index": i}))
+                                 "rollout_id": rollout.rollout_id, "candidate_index": i}))
     return out
 
 
-def parse_candidate(completion: Completion, rollout: dict, omitted: range | None,
+def parse_candidate(completion: Completion, rollout: Rollout, omitted: range | None,
                     response_prefix: str | None = None) -> interventions.ParsedIntervention:
     """Parse one proposer output (``response_prefix`` + the model's text) against the failed
     trace's steps. A location among the steps omitted from a shortened attempt is
@@ -88,7 +93,7 @@ def parse_candidate(completion: Completion, rollout: dict, omitted: range | None
     if completion.finish_reason in ("error", "abort"):
         return interventions.ParsedIntervention("request_failed", detail=completion.error or completion.finish_reason)
     parsed = interventions.parse_intervention((response_prefix or "") + completion.text,
-                                              len(split_steps(rollout["text"])))
+                                              rollout.num_steps)
     return shown_location(parsed, omitted)
 
 
@@ -108,16 +113,106 @@ def leak(parsed: interventions.ParsedIntervention, gold: str) -> interventions.P
                                             f"the intervention gives away the gold answer {gold!r}")
 
 
-def to_candidate(request: Request, completion: Completion, rollout: dict, parsed: interventions.ParsedIntervention,
-                 solve_output: str | None, shortened: bool, response_prefix: str | None = None) -> dict[str, Any]:
+def to_candidate(request: Request, completion: Completion, rollout: Rollout, parsed: interventions.ParsedIntervention,
+                 solve_output: str | None, shortened: bool, response_prefix: str | None = None) -> Candidate:
     """One ``candidates.parquet`` row: the raw output (``response_prefix`` + the model's
     text), its parse status (``ok`` or the reason it is not usable) and what was parsed."""
     raw = (response_prefix or "") + completion.text
-    return {
-        "candidate_id": request.id, "rollout_id": rollout["rollout_id"], "problem_id": rollout["problem_id"],
-        "rollout_index": rollout["rollout_index"], "candidate_index": request.meta["candidate_index"],
-        "seed": request.seed, "solve_output": solve_output, "raw_output": raw if completion.finish_reason != "error" else "",
-        "finish_reason": completion.finish_reason, "parse_status": parsed.status, "parse_detail": parsed.detail,
-        "location": parsed.location, "intervention": parsed.content, "attempt_shortened": shortened,
-        "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-    }
+    return Candidate(
+        candidate_id=request.id, rollout_id=rollout.rollout_id, problem_id=rollout.problem_id,
+        rollout_index=rollout.rollout_index, candidate_index=request.meta["candidate_index"], seed=request.seed,
+        solve_output=solve_output, raw_output=raw if completion.finish_reason != "error" else "",
+        finish_reason=completion.finish_reason, parse_status=parsed.status, parse_detail=parsed.detail,
+        location=parsed.location, intervention=parsed.content, attempt_shortened=shortened,
+        prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens)
+
+
+async def leaks(flow: Flow, content: str, gold: str, faithful: bool) -> bool:
+    """The leak rule (:func:`intgen.interventions.leaks_answer`) with its math-verify half run
+    in the grading pool, so a pathological boxed expression cannot hang the run."""
+    if faithful:
+        return interventions.leaks_answer(content, gold, faithful=True)
+    if interventions.leaks_as_token(content, gold):
+        return True
+    for boxed in interventions.boxed_answers(content):
+        if (await flow.grade(gold, "\\boxed{" + boxed + "}")).status == "correct":
+            return True
+    return False
+
+
+class ProposeStage:
+    """Takes failed rollouts; sends the solve turn (when the prompt has one), then m
+    proposer samples; parses each as it arrives, applies the leak rule, and passes each
+    ``ok`` candidate to ``on_parsed``. Unusable outputs are ``propose`` rejects with their
+    parse status; a chat that cannot fit the context even shortened is ``prompt_too_long``.
+
+    Args:
+        flow: the executor; requests go to its ``proposer`` role.
+        prompt: the proposer prompt; m, sampling, run_seed, faithful: from the spec.
+        problems: problem id -> problem; order: problem id -> position (canonical order).
+        on_parsed: the next stage's ``add``.
+    """
+
+    name = "propose"
+
+    def __init__(self, flow: Flow, prompt: ProposerPrompt, m: int, sampling: Sampling, run_seed: int, faithful: bool,
+                 problems: dict[str, Problem], order: dict[str, int], on_parsed: Callable[[Candidate], None]):
+        self.flow, self.prompt, self.m, self.sampling = flow, prompt, m, sampling
+        self.run_seed, self.faithful, self.problems, self.order = run_seed, faithful, problems, order
+        self.on_parsed = on_parsed
+        self.records: dict[str, Candidate] = {}
+        self._context: dict[str, tuple[Rollout, str | None, range | None]] = {}
+        backend = flow.backend("proposer")
+        ctx = backend.max_model_len
+        reserve = min(sampling.max_tokens, ctx // 4) if ctx else 0
+        self._fits = (lambda msgs: backend.count_prompt_tokens(msgs) + reserve <= ctx) if ctx else None
+
+    def add(self, rollout: Rollout) -> None:
+        problem = self.problems[rollout.problem_id]
+        if self.prompt.solve is None:
+            self._critique(rollout, None)
+            return
+        req = solve_request(problem, rollout, self.prompt, self.sampling, self.run_seed)
+        self.flow.send([req], lambda r, c, v: self._solved(rollout, c), stage="solve", role="proposer",
+                       route=rollout.rollout_id)
+
+    def _solved(self, rollout: Rollout, completion: Completion) -> None:
+        if completion.finish_reason in ("error", "abort"):
+            return  # the executor recorded the reject; no critique without the solve turn
+        self._critique(rollout, completion.text)
+
+    def _critique(self, rollout: Rollout, solve_output: str | None) -> None:
+        problem = self.problems[rollout.problem_id]
+        shaped = critique_messages(problem, rollout, self.prompt, solve_output, self._fits)
+        if shaped is None:
+            self.flow.reject("propose", rollout.rollout_id, rollout.problem_id, "prompt_too_long",
+                             "the proposer chat does not fit the context even with the attempt shortened")
+            return
+        messages, omitted = shaped
+        reqs = candidate_requests(problem, rollout, messages, self.m, self.sampling, self.run_seed,
+                                  continue_final=self.prompt.response_prefix is not None)
+        for req in reqs:
+            self._context[req.id] = (rollout, solve_output, omitted)
+        sent = {r.id for r in self.flow.send(reqs, self._candidate, stage="propose", role="proposer",
+                                             route=rollout.rollout_id)}
+        for req in reqs:
+            if req.id not in sent:
+                del self._context[req.id]
+
+    async def _candidate(self, request: Request, completion: Completion, _verdict: Any) -> None:
+        rollout, solve_output, omitted = self._context.pop(request.id)
+        gold = request.meta["gold_answer"]
+        parsed = parse_candidate(completion, rollout, omitted, self.prompt.response_prefix)
+        if parsed.status == interventions.OK and await leaks(self.flow, parsed.content, gold, self.faithful):
+            parsed = leak(parsed, gold)
+        rec = self.records[request.id] = to_candidate(request, completion, rollout, parsed, solve_output,
+                                                      omitted is not None, self.prompt.response_prefix)
+        if rec.parse_status == "ok":
+            self.on_parsed(rec)
+        elif rec.parse_status != "request_failed":
+            self.flow.reject("propose", rec.candidate_id, rec.problem_id, rec.parse_status, rec.parse_detail or "")
+
+    def rows(self) -> list[Candidate]:
+        """``candidates.parquet`` in its canonical order: problem, rollout, candidate index."""
+        return sorted(self.records.values(),
+                      key=lambda c: (self.order[c.problem_id], c.rollout_index, c.candidate_index))

@@ -1,0 +1,183 @@
+"""The streaming dataflow (issue 12): the same tables as the stage-barrier runner, in a
+canonical order that does not depend on arrival order; the priority queue; the window;
+resume without starting an engine; the barrier schedule; stage status."""
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import test_pipeline
+from intgen.backends.base import Request, Sampling
+from intgen.backends.fake import FakeBackend
+from intgen.executor import Executor
+from intgen.runner import run_job
+
+REFERENCE = Path(__file__).resolve().parent / "data" / "streaming_reference"
+sys.path.insert(0, str(REFERENCE))
+import make as reference  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SORT = {"problems": ["problem_id"], "rollouts": ["rollout_id"], "candidates": ["candidate_id"],
+        "continuations": ["continuation_id"], "interventions": ["candidate_id"], "sft": ["candidate_id"],
+        "rejects": ["stage", "record_id", "reason"]}
+
+
+def _sorted(table, name):
+    return table.sort_by([(c, "ascending") for c in SORT[name]])
+
+
+@pytest.mark.parametrize("case", list(reference.CASES))
+def test_same_tables_as_the_stage_barrier_runner(tmp_path, case, grader):
+    """Tables equal to the ones commit ec7eb6f wrote for the same spec and seeds (as sets of
+    rows: the streaming runner writes them in a canonical order; the columns added since are
+    left out of the comparison)."""
+    pf = reference.problems_file(tmp_path)
+    reference.run_case(case, tmp_path / "run", pf)
+    for name in reference.TABLES:
+        ref = pq.read_table(REFERENCE / case / f"{name}.parquet")
+        got = pq.read_table(tmp_path / "run" / f"{name}.parquet")
+        assert set(ref.column_names) <= set(got.column_names), name
+        got = got.select(ref.column_names)
+        assert got.num_rows == ref.num_rows, name
+        assert _sorted(got, name).equals(_sorted(ref, name)), name
+
+
+def test_tables_do_not_depend_on_arrival_order(tmp_path, problems_file, grader):
+    """Completions arriving in another order (per-request delays) give byte-equal files:
+    every table is written in its canonical order."""
+    spec = test_pipeline.make_spec(problems_file, "select.per_rollout=all", "baseline.for=all")
+    run_job(spec, tmp_path / "a", backend=FakeBackend(test_pipeline.script), progress=False, grader=grader)
+    run_job(spec, tmp_path / "b", backend=FakeBackend(test_pipeline.script, delay_s=0.003), progress=False,
+            grader=grader)
+    for name in reference.TABLES:
+        assert (tmp_path / "a" / f"{name}.parquet").read_bytes() == (tmp_path / "b" / f"{name}.parquet").read_bytes(), name
+
+
+@pytest.fixture
+def problems_file(tmp_path):
+    return reference.problems_file(tmp_path)
+
+
+def test_a_failed_rollout_reaches_the_proposer_before_the_last_rollout_is_answered(tmp_path, problems_file, grader):
+    """Streaming, not barriers: with a window of 1 the engine takes one request at a time,
+    and later stages go first, so the first failed rollout's solve turn is sent before the
+    remaining rollouts."""
+    backend = FakeBackend(test_pipeline.script, delay_s=0.001)
+    spec = test_pipeline.make_spec(problems_file, "executor.window=1")
+    run_job(spec, tmp_path / "run", backend=backend, progress=False, grader=grader)
+    kinds = [r.meta["stage"] for r in backend.calls]
+    first_solve = kinds.index("solve")
+    assert "rollout" in kinds[first_solve:], kinds  # rollouts still to come when the proposer started
+    # priority: once a check is queued, nothing earlier in the pipeline goes before it
+    first_check = kinds.index("check")
+    assert kinds[first_check:first_check + 4] == ["check"] * 4
+
+
+def test_barrier_schedule_gives_the_same_tables(tmp_path, problems_file, grader):
+    stream = test_pipeline.make_spec(problems_file)
+    barrier = test_pipeline.make_spec(problems_file, "executor.schedule=barrier", "executor.slice=3")
+    b1, b2 = FakeBackend(test_pipeline.script), FakeBackend(test_pipeline.script)
+    run_job(stream, tmp_path / "s", backend=b1, progress=False, grader=grader)
+    run_job(barrier, tmp_path / "b", backend=b2, progress=False, grader=grader)
+    for name in reference.TABLES:
+        assert (tmp_path / "s" / f"{name}.parquet").read_bytes() == (tmp_path / "b" / f"{name}.parquet").read_bytes()
+    order = ["rollout", "solve", "propose", "check", "baseline"]
+    kinds = [order.index(r.meta["stage"]) for r in b2.calls]
+    assert kinds == sorted(kinds)  # stage by stage
+
+
+def test_manifest_stage_status_and_counts(tmp_path, problems_file, grader):
+    spec = test_pipeline.make_spec(problems_file)
+    run_job(spec, tmp_path / "run", backend=FakeBackend(test_pipeline.script), progress=False, grader=grader)
+    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    assert set(stages) == {"rollout", "solve", "propose", "check", "baseline"}
+    assert {k: (v["status"], v["requests"], v["sent"], v["answered"], v["failed"], v["from_store"])
+            for k, v in stages.items()} == {
+        "rollout": ("done", 6, 6, 6, 0, 0), "solve": ("done", 3, 3, 3, 0, 0),
+        "propose": ("done", 12, 12, 11, 1, 0), "check": ("done", 20, 20, 20, 0, 0),
+        "baseline": ("done", 16, 16, 16, 0, 0)}
+    assert all(v["first_at"] <= v["last_at"] for v in stages.values())
+    # a resume answers everything from the store
+    run_job(spec, tmp_path / "run", backend=FakeBackend(test_pipeline.script), progress=False, grader=grader)
+    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    assert stages["check"]["from_store"] == 20 and stages["check"]["sent"] == 0
+    assert stages["propose"]["sent"] == 1  # the failed request is sent again
+
+
+class _NeverStarts(FakeBackend):
+    """A fake whose engine start is recorded (a resume with nothing to do must not start it)."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.starts = 0
+
+    async def start(self):
+        self.starts += 1
+
+
+def test_resume_with_nothing_to_do_does_not_start_the_engine(tmp_path, problems_file, grader):
+    def script(request):  # no failed requests: everything is answered and stored
+        reply = test_pipeline.script(request)
+        return "no tag here" if isinstance(reply, Exception) else reply
+
+    spec = test_pipeline.make_spec(problems_file)
+    first = _NeverStarts(script)
+    run_job(spec, tmp_path / "run", backend=first, progress=False, grader=grader)
+    assert first.starts == 1
+    again = _NeverStarts(script)
+    run_job(spec, tmp_path / "run", backend=again, progress=False, grader=grader)
+    assert again.starts == 0 and again.calls == []
+
+
+def test_executor_keeps_the_window_and_delivers_each_request_once():
+    class Counting(FakeBackend):
+        def __init__(self):
+            super().__init__(lambda r: "x", delay_s=0.002)
+            self.now = self.peak = 0
+
+        async def complete(self, request):
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            try:
+                return await super().complete(request)
+            finally:
+                self.now -= 1
+
+    backend = Counting()
+    ex = Executor(["a", "b"], window=3)
+    ex.add_engine("policy", backend, "m")
+    got: list[str] = []
+    sampling = Sampling(max_tokens=8)
+
+    def handler(req, c, v):
+        got.append(req.id)
+        if req.id.startswith("a"):  # each a-record sends one b-request
+            ex.send([Request("b" + req.id[1:], (), sampling, 0)], handler, stage="b")
+
+    async def main():
+        ex.send([Request(f"a{i}", (), sampling, 0) for i in range(20)], handler, stage="a")
+        await ex.run()
+
+    asyncio.run(main())
+    assert sorted(got) == sorted([f"a{i}" for i in range(20)] + [f"b{i}" for i in range(20)])
+    assert backend.peak == 3
+    assert ex.status()["b"]["status"] == "done" and ex.status()["b"]["answered"] == 20
+
+
+def test_a_stage_error_stops_the_run(tmp_path):
+    ex = Executor(["a"])
+    ex.add_engine("policy", FakeBackend(lambda r: "x"), "m")
+
+    def handler(req, c, v):
+        raise RuntimeError("a bug in a stage")
+
+    async def main():
+        ex.send([Request("a", (), Sampling(), 0)], handler, stage="a")
+        await ex.run()
+
+    with pytest.raises(RuntimeError, match="a bug in a stage"):
+        asyncio.run(main())
