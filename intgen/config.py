@@ -50,11 +50,43 @@ class SourceSpec(_Model):
         return self
 
 
+class SimSpec(_Model):
+    """The simulated engine (``backend.kind: sim``, :mod:`intgen.backends.sim`;
+    docs/architecture.md, "The simulated engine"). Defaults: one H100 running Qwen3-4B with
+    vLLM, and the paper's funnel."""
+
+    #: most sequences the engine runs at once
+    max_running: int = Field(default=256, ge=1)
+    #: a decode step takes step_ms + step_ms_per_seq x running sequences (milliseconds)
+    step_ms: float = Field(default=8.0, ge=0)
+    step_ms_per_seq: float = Field(default=0.094, ge=0)
+    #: prefill cost per prompt token not in the prefix cache (milliseconds)
+    prefill_ms_per_token: float = Field(default=0.02, ge=0)
+    #: median output tokens (lognormal) per request kind; cut at sampling.max_tokens (finish "length")
+    rollout_tokens: float = Field(default=3000, gt=0)
+    proposer_tokens: float = Field(default=1500, gt=0)
+    continuation_tokens: float = Field(default=3000, gt=0)
+    #: sigma of the lognormal output lengths: 1.3 puts the mean of a 3,000-token median at
+    #: about 7,000 tokens (exp(sigma^2 / 2) = 7/3), the paper's mean rollout (docs/paper.md)
+    length_sigma: float = Field(default=1.3, ge=0)
+    #: the funnel: a rollout is correct with p_correct; a proposer output parses with p_parse;
+    #: a parsed candidate is good with p_good, and a good candidate's continuations succeed
+    #: with good_rate (the others never); a baseline continuation succeeds with baseline_rate
+    p_correct: float = Field(default=0.1, ge=0, le=1)
+    p_parse: float = Field(default=0.8, ge=0, le=1)
+    p_good: float = Field(default=0.15, ge=0, le=1)
+    good_rate: float = Field(default=0.29, ge=0, le=1)
+    #: candidate success rates spread evenly over [good_rate_low, good_rate] instead of one rate (null: off)
+    good_rate_low: float | None = Field(default=None, ge=0, le=1)
+    baseline_rate: float = Field(default=0.02, ge=0, le=1)
+    seed: int = 0
+
+
 class BackendSpec(_Model):
     """Which engine serves the model (DESIGN section 5). Keys are documented in
     ``docs/job-spec.md``; each kind reads the keys it needs and ignores the others."""
 
-    kind: Literal["vllm", "openai", "transformers", "fake"] = "vllm"
+    kind: Literal["vllm", "openai", "transformers", "fake", "sim"] = "vllm"
     max_model_len: int | None = Field(default=None, ge=16)
     #: extra keyword arguments of the chat template (e.g. ``enable_thinking: false``), every kind
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -77,6 +109,8 @@ class BackendSpec(_Model):
     threads: int | None = Field(default=None, ge=1)
     # -- fake
     script: str = "demo"
+    # -- sim (a simulated engine on a virtual clock, for planning)
+    sim: SimSpec = Field(default_factory=SimSpec)
 
 
 class SamplingSpec(_Model):
@@ -145,7 +179,7 @@ class ExecutorSpec(_Model):
     window: int | None = Field(default=None, ge=1)
     #: stream (records move to their next stage at once) or barrier (stage by stage, for comparisons)
     schedule: Literal["stream", "barrier"] = "stream"
-    #: with schedule barrier: requests per slice, each slice finished before the next (null: all at once)
+    #: with schedule barrier: prompts per slice, each slice finished before the next (null: all at once)
     slice: int | None = Field(default=None, ge=1)
     #: the sample store commits every group_size samples or group_ms milliseconds, whichever first
     store_group_size: int = Field(default=64, ge=1)

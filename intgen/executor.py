@@ -34,9 +34,11 @@ failed / aborted / not sent, tokens, and the first and last wall-clock times; a 
 handled, so no record can still reach it.
 
 Schedules: ``stream`` (the default, above) and ``barrier``: a stage's requests go out only
-when every earlier stage is done, in slices of ``slice_size`` that each finish before the
-next one goes (the stage-barrier schedule of intgen before the streaming dataflow, and, with
-slices of 256, the InT scripts'), kept for side-by-side measurements (benchmarks/).
+when every earlier stage is done, in slices of ``slice_size`` prompts (all samples of a
+prompt in one slice, as one request with n samples) that each finish before the next one
+goes: the stage-barrier schedule of intgen before the streaming dataflow (no slices), and,
+with slices of 256, the InT scripts' (docs/paper.md), kept for side-by-side measurements
+(benchmarks/).
 
 Simulated engines (:mod:`intgen.backends.sim`) run on a virtual clock, which the executor
 advances only when nothing else can happen: no completion in transit, no handler running,
@@ -138,7 +140,7 @@ class Executor:
         grader: a :class:`~intgen.grading_pool.GradingPool` (needed when a send asks for verdicts).
         progress: a tqdm bar per stage.
         schedule: ``"stream"`` or ``"barrier"`` (module docstring).
-        slice_size: with ``barrier``, requests per slice (None: a stage's requests all at once).
+        slice_size: with ``barrier``, prompts per slice (None: a stage's requests all at once).
         window: requests in flight per engine (None: each backend's ``max_in_flight``, else 256).
         on_status: called (no arguments) when a stage changes status, and at most every
             ``status_every_s`` seconds while counts change (the runner writes the manifest).
@@ -171,7 +173,7 @@ class Executor:
         self._in_transit = 0
         self._fatal: BaseException | None = None
         self._wake: asyncio.Event | None = None
-        self._slice_left: dict[str, int] = {}
+        self._slice_keys: dict[str, set] = {}
         self._bars: dict[str, Any] = {}
         self._last_status = 0.0
         self._states: dict[str, str] = {}
@@ -325,7 +327,7 @@ class Executor:
             return busy[0].backend.clock
         return None
 
-    def _allowed(self, stage: str) -> bool:
+    def _allowed(self, stage: str, head: _Item) -> bool:
         if self.schedule == "stream":
             return True
         i = self.order.index(stage)
@@ -333,10 +335,21 @@ class Executor:
             return False
         if self.slice_size is None:
             return True
+        # slices count prompts (the samples of one prompt go together, as n samples of one request)
+        key = hash((head.request.messages and tuple((m["role"], m["content"]) for m in head.request.messages),
+                    head.request.continue_final))
+        keys = self._slice_keys.setdefault(stage, set())
+        if key in keys:
+            return True
+        if len(keys) < self.slice_size:
+            keys.add(key)
+            return True
         st = self.stages[stage]
-        if self._slice_left.get(stage, 0) <= 0 and st.in_flight == 0 and st.handling == 0:
-            self._slice_left[stage] = self.slice_size  # the last slice has finished: release the next
-        return self._slice_left.get(stage, 0) > 0
+        if st.in_flight == 0 and st.handling == 0:  # the slice has finished: the next one starts
+            keys.clear()
+            keys.add(key)
+            return True
+        return False
 
     def _dispatch(self) -> None:
         for lane in self._lanes:
@@ -357,9 +370,7 @@ class Executor:
     def _next(self, lane: _Lane) -> _Item | None:
         for stage in reversed(self.order):  # nearer the end of the pipeline first
             q = lane.queues.get(stage)
-            if q and self._allowed(stage):
-                if self.schedule == "barrier" and self.slice_size is not None:
-                    self._slice_left[stage] -= 1
+            if q and self._allowed(stage, q[0]):
                 return q.popleft()
         return None
 

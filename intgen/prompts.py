@@ -14,6 +14,7 @@ The recorded proposer output is the prefix plus what the model wrote.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,13 @@ import jinja2
 from omegaconf import OmegaConf
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(source: str) -> jinja2.Template:
+    """A template compiled once per distinct source (compiling is most of a render's cost)."""
+    return _ENV.from_string(source)
+
 #: the variables a critique template may use; solve templates get the first three
 CRITIQUE_VARIABLES = {"problem": "P", "reference_solution": "R", "gold_answer": "G", "attempt": "A", "num_steps": 3}
 
@@ -45,12 +53,12 @@ class ProposerPrompt:
     def render_solve(self, **values: object) -> str:
         """The first user message. Raises ``jinja2.UndefinedError`` on a missing variable."""
         assert self.solve is not None
-        return _ENV.from_string(self.solve).render(**values).strip()
+        return _compiled(self.solve).render(**values).strip()
 
     def render_critique(self, **values: object) -> str:
         """The critique user message. Variables: problem, reference_solution,
         gold_answer, attempt, num_steps. Raises ``jinja2.UndefinedError`` on a missing one."""
-        return _ENV.from_string(self.critique).render(**values).strip()
+        return _compiled(self.critique).render(**values).strip()
 
 
 def load_prompt(path: str | Path) -> ProposerPrompt:

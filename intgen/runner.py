@@ -170,7 +170,10 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
                  "parse_status": dict(sorted(Counter(c.parse_status for c in cand_rows).items())),
                  "check_stopped": dict(sorted(Counter(r.check_stopped for r in rows if r.check_stopped).items())),
                  "grading": {"cache_hits": grader.hits, "cache_misses": grader.misses},
-                 "reused_samples": sum(st.from_store for st in ex.stages.values())}
+                 "reused_samples": sum(st.from_store for st in ex.stages.values()),
+                 # per engine: wall seconds spent at each number of requests in flight (index) while requests
+                 # were still to come (docs/architecture.md, "Occupancy")
+                 "in_flight_seconds": {k: [round(v, 3) for v in h] for k, h in ex.occupancy().items()}}
         write_stats(out, stats)
         manifest(complete=True)
         return RunResult(out, funnel, stats)

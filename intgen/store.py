@@ -21,7 +21,6 @@ sample keeps the store off the hot path at thousands of samples a second.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -40,9 +39,10 @@ DEFAULT_GROUP_MS = 500.0
 
 def sample_key(model: str, request: Request) -> str:
     """The store key of one sample: sha256 of (model, messages, continue flag, sampling, seed)."""
+    s = request.sampling
+    sampling = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "max_tokens": s.max_tokens}
     blob = json.dumps({"model": model, "messages": list(request.messages), "continue_final": request.continue_final,
-                       "sampling": dataclasses.asdict(request.sampling), "seed": request.seed},
-                      sort_keys=True, ensure_ascii=False)
+                       "sampling": sampling, "seed": request.seed}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -13,6 +13,7 @@ import pytest
 import test_pipeline
 from intgen.backends.base import Request, Sampling
 from intgen.backends.fake import FakeBackend
+from intgen.config import load_spec
 from intgen.executor import Executor
 from intgen.runner import run_job
 
@@ -181,3 +182,62 @@ def test_a_stage_error_stops_the_run(tmp_path):
 
     with pytest.raises(RuntimeError, match="a bug in a stage"):
         asyncio.run(main())
+
+
+def _sim_problems(folder, n):
+    from intgen.backends.sim import marker
+
+    path = folder / "sim.jsonl"
+    path.write_text("".join(json.dumps({"id": f"s{i}", "problem": f"P{i} {marker(150)}",
+                                        "reference_solution": f"R {marker(600)}", "answer": str(1000 + i)}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+def _sim_run(tmp_path, name, problems, *overrides, grader=None):
+    from intgen.backends import make_backend
+
+    spec = load_spec(None, ["backend.kind=sim", *overrides], data={
+        "source": {"path": str(problems)}, "rollout": {"k": 2}, "propose": {"m": 2}, "check": {"r": 8},
+        "sampling": {"max_tokens": 16384}})
+    backend = make_backend(spec.backend, spec.model)
+    run_job(spec, tmp_path / name, backend=backend, progress=False, grader=grader)
+    return tmp_path / name, backend
+
+
+def test_sim_engine_is_deterministic_for_a_seed(tmp_path, grader):
+    problems = _sim_problems(tmp_path, 12)
+    a, ba = _sim_run(tmp_path, "a", problems, grader=grader)
+    b, bb = _sim_run(tmp_path, "b", problems, grader=grader)
+    assert ba.occupancy() == bb.occupancy() and ba.clock.now > 0
+    for name in reference.TABLES:
+        assert (a / f"{name}.parquet").read_bytes() == (b / f"{name}.parquet").read_bytes(), name
+    c, bc = _sim_run(tmp_path, "c", problems, "backend.sim.seed=1", grader=grader)
+    assert (a / "rollouts.parquet").read_bytes() != (c / "rollouts.parquet").read_bytes()
+    # the funnel follows the spec's rates (12 problems x 2 rollouts: no correct rollout at p_correct=0)
+    d, _ = _sim_run(tmp_path, "d", problems, "backend.sim.p_correct=0", "backend.sim.p_parse=1", grader=grader)
+    funnel = json.loads((d / "stats.json").read_text())["funnel"]
+    assert funnel["failed_rollouts"] == 24 and funnel["parsed_candidates"] == 48
+
+
+def test_stopping_rules_replay_exactly_on_an_all_r_run(tmp_path, grader):
+    """benchmarks/schedule.py replays the rules on an all-r run's verdicts; a run with the
+    rule draws exactly the same samples and takes the same decisions."""
+    from intgen.stages.check import replay_stopping
+
+    problems = _sim_problems(tmp_path, 30)
+    full, _ = _sim_run(tmp_path, "full", problems, "backend.sim.p_good=0.6", grader=grader)
+    ruled, _ = _sim_run(tmp_path, "ruled", problems, "backend.sim.p_good=0.6", "check.early_stop=true",
+                        "check.give_up_after=4", "check.wave=2", grader=grader)
+    by_cand: dict = {}
+    for c in pq.read_table(full / "continuations.parquet").to_pylist():
+        if c["kind"] == "check":
+            by_cand.setdefault(c["candidate_id"], []).append((c["sample_index"], c["verdict"]))
+    got = {r["candidate_id"]: (r["check_samples"], r["check_stopped"], r["accepted"])
+           for r in pq.read_table(ruled / "interventions.parquet").to_pylist()}
+    assert len(got) > 10
+    for cid, samples in by_cand.items():
+        verdicts = [v for _, v in sorted(samples)]
+        drawn, stopped = replay_stopping(verdicts, 8, 2, 1, True, 4)
+        assert got[cid] == (drawn, stopped, sum(v == "correct" for v in verdicts[:drawn]) >= 1), cid
+    assert {s for _, s, _ in got.values()} >= {"early_stop", "gave_up"}

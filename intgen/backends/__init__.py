@@ -1,7 +1,8 @@
 """Backends (DESIGN section 5): ``make_backend`` builds one from a spec.
 
 ``vllm`` (in process), ``openai`` (any OpenAI-compatible server), ``transformers``
-(``generate`` on CPU or Apple silicon) and ``fake`` (scripted). Heavy libraries are
+(``generate`` on CPU or Apple silicon), ``fake`` (scripted) and ``sim`` (a simulated
+engine on a virtual clock, for planning at scale). Heavy libraries are
 imported only when their backend is built.
 """
 
@@ -27,6 +28,10 @@ def make_backend(spec: BackendSpec, model: str) -> Backend:
         if spec.script not in scripts:
             raise BackendError(f"backend.script: unknown fake script {spec.script!r} (known: {', '.join(scripts)})")
         return FakeBackend(scripts[spec.script], max_model_len=spec.max_model_len)
+    if spec.kind == "sim":
+        from intgen.backends.sim import SimBackend
+
+        return SimBackend(spec.sim, max_model_len=spec.max_model_len)
     if spec.kind == "vllm":
         try:
             from intgen.backends.vllm import VLLMBackend
@@ -53,4 +58,4 @@ def make_backend(spec: BackendSpec, model: str) -> Backend:
                 f"backend.kind=transformers needs PyTorch and transformers ({e}): pip install torch transformers "
                 "(on a CPU machine pick the CPU build of torch, see README)") from e
         return TransformersBackend(model, spec)
-    raise BackendError(f"backend.kind={spec.kind}: unknown backend (use vllm, openai, transformers or fake)")
+    raise BackendError(f"backend.kind={spec.kind}: unknown backend (use vllm, openai, transformers, fake or sim)")

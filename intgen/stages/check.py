@@ -86,6 +86,24 @@ def should_stop(verdicts: list[str], min_correct: int, early_stop: bool, give_up
     return None
 
 
+def replay_stopping(verdicts: list[str], r: int, wave: int, min_correct: int, early_stop: bool,
+                    give_up_after: int | None) -> tuple[int, str | None]:
+    """What the check stage would draw from a candidate whose r continuations, in sample
+    order, have these verdicts: (samples drawn, how it stopped or None). The stage draws
+    exactly this (waves in index order, the rule at wave ends), so a run with all r can be
+    replayed under any rule (benchmarks/schedule.py)."""
+    stopping = early_stop or give_up_after is not None
+    size = min(wave, r) if stopping else r
+    drawn = 0
+    while drawn < r:
+        drawn = min(drawn + size, r)
+        if drawn < r:
+            stop = should_stop(verdicts[:drawn], min_correct, early_stop, give_up_after)
+            if stop is not None:
+                return drawn, stop
+    return drawn, None
+
+
 @dataclass
 class CheckResult:
     """A checked candidate: its target, the verdicts of its answered continuations in
