@@ -1,5 +1,5 @@
-"""The run directory (DESIGN section 4; docs/architecture.md): opening or resuming one,
-``manifest.json`` and ``stats.json``."""
+"""What a run reads and the folder it writes (docs/architecture.md): the spec's paths, the
+problems, opening or resuming the run directory, ``manifest.json`` and ``stats.json``."""
 
 from __future__ import annotations
 
@@ -7,16 +7,23 @@ import json
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 import intgen
-from intgen import tables
-from intgen.config import JobSpec
+
+from intgen import grading, tables
+from intgen.config import JobSpec, resolve_path
 from intgen.resume import ResumeError, check_resume
+from intgen.sources import Problem, load_source
 
 MANIFEST = "manifest.json"
+
+
+class _Rejects(Protocol):
+    def reject(self, stage: str, record_id: str, problem_id: str | None, reason: str, detail: str = "") -> None: ...
+
 STATS = "stats.json"
 
 
@@ -80,3 +87,46 @@ def write_stats(out: Path, stats: dict[str, Any]) -> None:
         except (OSError, ValueError):
             pass
     tables.write_json(stats, out / STATS)
+
+
+def load_problems(spec: JobSpec, flow: _Rejects) -> list[Problem]:
+    """Every source's problems in order, without duplicate ids or unparseable gold answers
+    (each a ``load`` reject), then each source's ``limit`` and the job's ``limit``: limits
+    count good problems only."""
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for src in spec.sources:
+        loaded, rejects = load_source(path=src.path, dataset=src.dataset, subset=src.subset, split=src.split,
+                                      adapter=src.adapter, columns=src.columns)
+        for r in rejects:
+            flow.reject(r.stage, r.record_id, r.problem_id, r.reason, r.detail)
+        kept = 0
+        for p in loaded:
+            if (src.limit is not None and kept >= src.limit) or (spec.limit is not None and len(problems) >= spec.limit):
+                break
+            if p.problem_id in seen:
+                flow.reject("load", p.problem_id, p.problem_id, "duplicate_id",
+                            f"problem id {p.problem_id!r} ({p.source}) was already loaded from another source")
+            elif not grading.gold_parses(p.gold_answer):
+                flow.reject("load", p.problem_id, p.problem_id, "gold_unparseable",
+                            f"problem {p.problem_id}: gold_answer {p.gold_answer!r} does not parse; it cannot be graded")
+            else:
+                seen.add(p.problem_id)
+                problems.append(p)
+                kept += 1
+    return problems
+
+
+def resolve_spec_paths(spec: JobSpec, spec_dir: Path | None) -> JobSpec:
+    """A copy of the spec with ``source.path`` and ``propose.prompt`` made absolute, so the
+    ``job.yaml`` a run writes can be run again from anywhere.
+
+    Raises:
+        FileNotFoundError: a named file does not exist (the message says where it looked).
+    """
+    spec = spec.model_copy(deep=True)
+    for src in spec.sources:
+        if src.path is not None:
+            src.path = str(resolve_path(src.path, spec_dir, "source.path"))
+    spec.propose.prompt = str(resolve_path(spec.propose.prompt, spec_dir, "propose.prompt"))
+    return spec

@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from intgen import grading, tables
+from intgen import tables
 from intgen.backends import Backend, BackendError, Sampling, make_backend
-from intgen.config import JobSpec, resolve_path
+from intgen.config import JobSpec
 from intgen.executor import Executor
 from intgen.grading_pool import GradingPool
 from intgen.models import check_model_name
 from intgen.prompts import load_prompt
-from intgen.rundir import open_run_dir, write_manifest, write_stats
-from intgen.sources import Problem, load_source
+from intgen.rundir import load_problems, open_run_dir, resolve_spec_paths, write_manifest, write_stats
 from intgen.stages import GENERATE_STAGES
 from intgen.stages.baseline import BaselineStage
 from intgen.stages.check import CheckStage
@@ -41,49 +40,6 @@ class RunResult:
     out_dir: Path
     funnel: dict[str, int]
     stats: dict[str, Any]
-
-
-def load_problems(spec: JobSpec, flow: Executor) -> list[Problem]:
-    """Every source's problems in order, without duplicate ids or unparseable gold answers
-    (each a ``load`` reject), then each source's ``limit`` and the job's ``limit``: limits
-    count good problems only."""
-    problems: list[Problem] = []
-    seen: set[str] = set()
-    for src in spec.sources:
-        loaded, rejects = load_source(path=src.path, dataset=src.dataset, subset=src.subset, split=src.split,
-                                      adapter=src.adapter, columns=src.columns)
-        for r in rejects:
-            flow.reject(r.stage, r.record_id, r.problem_id, r.reason, r.detail)
-        kept = 0
-        for p in loaded:
-            if (src.limit is not None and kept >= src.limit) or (spec.limit is not None and len(problems) >= spec.limit):
-                break
-            if p.problem_id in seen:
-                flow.reject("load", p.problem_id, p.problem_id, "duplicate_id",
-                            f"problem id {p.problem_id!r} ({p.source}) was already loaded from another source")
-            elif not grading.gold_parses(p.gold_answer):
-                flow.reject("load", p.problem_id, p.problem_id, "gold_unparseable",
-                            f"problem {p.problem_id}: gold_answer {p.gold_answer!r} does not parse; it cannot be graded")
-            else:
-                seen.add(p.problem_id)
-                problems.append(p)
-                kept += 1
-    return problems
-
-
-def resolve_spec_paths(spec: JobSpec, spec_dir: Path | None) -> JobSpec:
-    """A copy of the spec with ``source.path`` and ``propose.prompt`` made absolute, so the
-    ``job.yaml`` a run writes can be run again from anywhere.
-
-    Raises:
-        FileNotFoundError: a named file does not exist (the message says where it looked).
-    """
-    spec = spec.model_copy(deep=True)
-    for src in spec.sources:
-        if src.path is not None:
-            src.path = str(resolve_path(src.path, spec_dir, "source.path"))
-    spec.propose.prompt = str(resolve_path(spec.propose.prompt, spec_dir, "propose.prompt"))
-    return spec
 
 
 async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
