@@ -79,7 +79,8 @@ class StageStatus:
     sent: int = 0  # given to an engine
     answered: int = 0  # answered by an engine (stop or length)
     from_store: int = 0  # answered from the sample store
-    failed: int = 0
+    failed: int = 0  # a rerun may answer it (a server outage, a dead worker)
+    rejected: int = 0  # permanent: a rerun would fail the same way (Completion.permanent)
     aborted: int = 0
     not_sent: int = 0  # prompt too long for the context
     prompt_tokens: int = 0
@@ -98,7 +99,7 @@ class StageStatus:
         return "done" if self.done else ("running" if self.requests else "pending")
 
     def as_dict(self) -> dict[str, Any]:
-        keys = ("requests", "sent", "answered", "from_store", "failed", "aborted", "not_sent", "prompt_tokens",
+        keys = ("requests", "sent", "answered", "from_store", "failed", "rejected", "aborted", "not_sent", "prompt_tokens",
                 "completion_tokens", "cached_tokens", "first_at", "last_at")
         return {"status": self.state, **{k: getattr(self, k) for k in keys}}
 
@@ -423,7 +424,10 @@ class Executor:
 
     def _count(self, item: _Item, c: Completion) -> None:
         st, req = item.stage, item.request
-        if c.finish_reason == "error":
+        if c.finish_reason == "error" and c.permanent:
+            st.rejected += 1
+            self.reject(st.name, req.id, req.meta.get("problem_id"), "request_rejected", c.error or "")
+        elif c.finish_reason == "error":
             st.failed += 1
             self.reject(st.name, req.id, req.meta.get("problem_id"), "request_failed", c.error or "")
         elif c.finish_reason == "abort":
@@ -528,4 +532,6 @@ class Executor:
 
     @property
     def failed_requests(self) -> int:
-        return sum(st.failed for st in self.stages.values())
+        """Requests that failed in a way a rerun may change (aborts the backend made included):
+        while any remains, the run is not complete."""
+        return sum(st.failed + st.aborted for st in self.stages.values())

@@ -208,11 +208,19 @@ class ExportResult:
 # --------------------------------------------------------------------------- views
 
 
+class ExportError(RuntimeError):
+    """A run that cannot be exported as asked; the message names the folder or file and what to do."""
+
+
 def _read_table(run_dir: Path, name: str) -> pa.Table:
     path = run_dir / f"{name}.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: {run_dir} is not a finished intgen run directory")
-    return pq.read_table(path)
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ExportError(f"{path} cannot be read ({type(e).__name__}: {str(e)[:200]}); rerun the intgen generate "
+                          f"command that made {run_dir} to write it again") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -538,7 +546,7 @@ def llamafactory_dataset_info(run_name: str, repo_id: str | None = None) -> dict
 
 
 def render_card(run_dir: str | Path, views: dict[str, pa.Table], result: ExportResult, *,
-                repo_id: str | None = None, plots: dict[str, bool] | None = None) -> str:
+                repo_id: str | None = None, plots: dict[str, bool] | None = None, partial: bool = False) -> str:
     """The dataset card (README.md with YAML metadata) from ``data_cards/`` (Jinja2).
 
     The YAML block comes from huggingface_hub's :class:`~huggingface_hub.DatasetCardData`
@@ -608,6 +616,8 @@ def render_card(run_dir: str | Path, views: dict[str, pa.Table], result: ExportR
         "llamafactory_info": json.dumps(llamafactory_dataset_info(job.get("name", run_dir.name), repo_id), indent=2),
         "llamafactory_name": f"intgen_{_slug(job.get('name', run_dir.name))}",
         "has_prompt_text": views["sft"].num_rows > 0 and views["sft"].column("prompt_text").null_count == 0,
+        "partial": partial,
+        "failed_requests": manifest.get("failed_requests", 0),
     }
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True, autoescape=False)
@@ -620,6 +630,35 @@ def render_card(run_dir: str | Path, views: dict[str, pa.Table], result: ExportR
 
 
 # --------------------------------------------------------------------------- export
+
+
+#: written in every export folder; a folder named ``export`` without it is not replaced
+EXPORT_MARKER = ".intgen-export"
+#: what an export folder of an intgen version before the marker held
+_LEGACY_EXPORT = {CARD_NAME, LLAMAFACTORY_INFO, FUNNEL_PNG, DISTRIBUTIONS_PNG, *CONFIGS}
+
+
+def _check_own_export(dest: Path) -> None:
+    """intgen replaces only an export folder it wrote: one with :data:`EXPORT_MARKER`, or
+    (written before the marker existed) holding nothing but what an export holds.
+
+    Raises:
+        ExportError: ``dest`` holds something else; the message names it.
+    """
+    if not dest.exists() or (dest / EXPORT_MARKER).exists():
+        return
+    foreign = sorted(p.name for p in dest.iterdir() if p.name not in _LEGACY_EXPORT) if dest.is_dir() else [dest.name]
+    if foreign:
+        raise ExportError(f"{dest} was not written by intgen (it holds {', '.join(foreign[:5])}); intgen never deletes "
+                          "what it did not write: move it away, then export again")
+
+
+def _remove_stale(run_dir: Path) -> None:
+    """Temporary and old export folders left by a killed export (intgen's own names; the
+    caller holds the run's lock, so no other export is writing them)."""
+    for p in run_dir.glob(f".{EXPORT_DIRNAME}.*"):
+        if p.is_dir() and (p.name.startswith(f".{EXPORT_DIRNAME}.tmp-") or p.name.startswith(f".{EXPORT_DIRNAME}.old-")):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _replace_dir(new: Path, dest: Path) -> None:
@@ -637,7 +676,7 @@ def _replace_dir(new: Path, dest: Path) -> None:
 
 
 def export_run(run_dir: str | Path, *, repo_id: str | None = None,
-               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, allow_partial: bool = False) -> Path:
     """Write ``RUN_DIR/export/`` (module docstring) and return its path.
 
     Idempotent: the folder is built beside the run in a temporary folder and renamed
@@ -648,21 +687,49 @@ def export_run(run_dir: str | Path, *, repo_id: str | None = None,
         repo_id: the Hub repo the export is meant for; the card's loading snippets and the
             LLaMA-Factory entry then name it (``intgen push`` passes it).
         max_shard_bytes: cut a config into Parquet shards of about this size.
+        allow_partial: export a run that is not complete (failed requests, or stopped); the
+            card then says it is partial.
 
     Raises:
         FileNotFoundError: ``run_dir`` lacks one of the run's tables.
+        ExportError: the run is not complete (and ``allow_partial`` is off), a table cannot
+            be read, or ``export/`` holds files intgen did not write.
+        RunDirError: another intgen process is working in ``run_dir``.
     """
-    return export_run_result(run_dir, repo_id=repo_id, max_shard_bytes=max_shard_bytes).export_dir
+    return export_run_result(run_dir, repo_id=repo_id, max_shard_bytes=max_shard_bytes,
+                             allow_partial=allow_partial).export_dir
+
+
+def run_status(run_dir: Path) -> tuple[str, int]:
+    """(``complete``, ``incomplete`` or ``running``, failed requests) from ``manifest.json``;
+    a run written before the status field is ``complete`` when its manifest says so."""
+    manifest = _read_json(run_dir / "manifest.json")
+    status = manifest.get("status") or ("complete" if manifest.get("complete") else "running")
+    return status, int(manifest.get("failed_requests") or 0)
 
 
 def export_run_result(run_dir: str | Path, *, repo_id: str | None = None,
-                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> ExportResult:
+                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, allow_partial: bool = False) -> ExportResult:
     """:func:`export_run`, returning the rows and files of each config too."""
+    from intgen.rundir import run_lock
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
-    views = build_views(run_dir)
+    status, failed = run_status(run_dir)
+    if status != "complete" and not allow_partial:
+        why = (f"{failed} requests failed" if status == "incomplete" else "it was stopped before it finished")
+        raise ExportError(f"{run_dir} is not a complete run ({why}): rerun its intgen generate command to finish it, "
+                          "or export it as it is with --allow-partial (the card then says it is partial)")
+    with run_lock(run_dir, "export"):
+        return _export(run_dir, repo_id, max_shard_bytes, partial=status != "complete")
+
+
+def _export(run_dir: Path, repo_id: str | None, max_shard_bytes: int, partial: bool) -> ExportResult:
+    _remove_stale(run_dir)
     dest = run_dir / EXPORT_DIRNAME
+    _check_own_export(dest)
+    views = build_views(run_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{EXPORT_DIRNAME}.tmp-", dir=run_dir))
     try:
         result = ExportResult(dest, rows={c: views[c].num_rows for c in CONFIGS})
@@ -681,8 +748,10 @@ def export_run_result(run_dir: str | Path, *, repo_id: str | None = None,
         inter = views["interventions"].to_pylist()
         plots = {"funnel": _plot_funnel(stats.get("funnel", {}), tmp / FUNNEL_PNG),
                  "distributions": _plot_distributions(inter, tmp / DISTRIBUTIONS_PNG)}
-        card = render_card(run_dir, views, result, repo_id=repo_id, plots=plots)
+        card = render_card(run_dir, views, result, repo_id=repo_id, plots=plots, partial=partial)
         (tmp / CARD_NAME).write_text(card, encoding="utf-8")
+        (tmp / EXPORT_MARKER).write_text("written by intgen export; intgen replaces this folder whole\n",
+                                         encoding="utf-8")
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the export is as readable as the run's other files
         _replace_dir(tmp, dest)
     finally:

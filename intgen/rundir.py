@@ -3,8 +3,13 @@ problems, opening or resuming the run directory, ``manifest.json`` and ``stats.j
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
+import socket
+import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +24,67 @@ from intgen.resume import ResumeError, check_resume
 from intgen.sources import Problem, load_source
 
 MANIFEST = "manifest.json"
+LOCK = ".intgen.lock"
+LOCK_HOLDER = ".intgen.lock.holder"
+#: files intgen itself may have put in an otherwise empty folder
+_OWN_FILES = {LOCK, LOCK_HOLDER}
+
+
+class RunDirError(RuntimeError):
+    """A run folder intgen will not use: not a run, or in use by another intgen process;
+    the message names the folder (and the other process)."""
+
+
+def check_out_dir(out: Path, marker: str = "job.yaml", what: str = "an intgen run") -> None:
+    """``out`` must be absent, empty, or hold ``marker`` (an intgen run): intgen never
+    writes into, or deletes from, a folder it did not make.
+
+    Raises:
+        FileExistsError: ``out`` is a file.
+        RunDirError: ``out`` is a folder with other files and no ``marker``.
+    """
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
+    if not out.is_dir() or (out / marker).exists():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in _OWN_FILES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise RunDirError(f"--out {out} is a folder that is not {what} (it holds {shown}); intgen writes only into an "
+                          "empty folder, a new one, or one of its own runs: choose another --out")
+
+
+@contextlib.contextmanager
+def run_lock(out: Path, command: str):
+    """Hold the run folder's exclusive lock (``filelock``, an OS file lock that dies with its
+    process) while ``command`` works in it; ``.intgen.lock.holder`` says who holds it.
+
+    Raises:
+        RunDirError: another process holds it; the message names that process.
+    """
+    from filelock import FileLock, Timeout
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = "another process"
+        try:
+            info = json.loads((out / LOCK_HOLDER).read_text())
+            holder = (f"process {info['pid']} on {info['host']} ({info['command']}, since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info['since']))})")
+        except (OSError, ValueError, KeyError):
+            pass
+        raise RunDirError(f"{out} is in use by {holder}; wait for it to finish, or stop it, then run again") from None
+    try:
+        tables.write_json({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                           "command": f"intgen {command}: " + " ".join(sys.argv[1:])[:300]}, out / LOCK_HOLDER)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            (out / LOCK_HOLDER).unlink()
+        lock.release()
 
 
 class _Rejects(Protocol):
@@ -47,12 +113,12 @@ def open_run_dir(spec: JobSpec, out_dir: str | Path) -> tuple[Path, bool]:
 
     Raises:
         FileExistsError: ``out_dir`` is a file.
+        RunDirError: ``out_dir`` is a folder that is not an intgen run and not empty.
         ResumeError: the folder holds a run made with a spec that differs in a way that
             can change results, or a ``job.yaml`` that no longer validates.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a folder")
+    check_out_dir(out)
     resumed = (out / "job.yaml").exists()
     if resumed:
         with open(out / "job.yaml", encoding="utf-8") as f:

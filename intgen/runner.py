@@ -21,7 +21,8 @@ from intgen.executor import Executor
 from intgen.grading_pool import GradingPool
 from intgen.models import check_model_name
 from intgen.prompts import load_prompt
-from intgen.rundir import load_problems, open_run_dir, resolve_spec_paths, write_manifest, write_stats
+from intgen.rundir import (check_out_dir, load_problems, open_run_dir, resolve_spec_paths, run_lock, write_manifest,
+                           write_stats)
 from intgen.stages import GENERATE_STAGES
 from intgen.stages.baseline import BaselineStage
 from intgen.stages.check import CheckStage
@@ -35,11 +36,15 @@ _REJECT_ORDER = {s: i for i, s in enumerate(("load",) + GENERATE_STAGES)}
 
 @dataclass
 class RunResult:
-    """What a finished run wrote: its folder, the funnel and ``stats.json``."""
+    """What a run wrote: its folder, the funnel, ``stats.json``, and whether it is complete
+    (every request answered or failed in a way a rerun would not change); ``failed`` is the
+    number of requests a rerun will send again."""
 
     out_dir: Path
     funnel: dict[str, int]
     stats: dict[str, Any]
+    complete: bool = True
+    failed: int = 0
 
 
 async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
@@ -64,6 +69,13 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
         raise BackendError(f"the prompt {prompt.name} opens the proposer's reply (response_prefix), which this "
                            "backend cannot continue; use a prompt without response_prefix, or a backend that "
                            "continues turns (vllm, or a server with backend.continuation=completions)")
+    check_out_dir(Path(out_dir))
+    with run_lock(Path(out_dir), "generate"):
+        return await _run_locked(spec, out_dir, prompt, policy, proposer, progress, close, grader)
+
+
+async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: Backend, proposer: Backend,
+                      progress: bool, close: bool, grader: GradingPool | None) -> RunResult:
     out, resumed = open_run_dir(spec, out_dir)
     x = spec.executor
     store = SampleStore(out / STORE_NAME, x.store_group_size, x.store_group_ms)
@@ -72,8 +84,9 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
     info: dict[str, Any] = {"resumed": resumed, "prompt": {"name": prompt.name, "path": prompt.path,
                                                            "sha256": prompt.sha256}}
 
-    def manifest(complete: bool = False) -> None:
-        write_manifest(out, spec, stages=ex.status(), complete=complete, schedule=x.schedule,
+    def manifest(status: str = "running") -> None:
+        write_manifest(out, spec, status=status, complete=status == "complete", stages=ex.status(),
+                       failed_requests=ex.failed_requests, schedule=x.schedule,
                        backends={"policy": policy.describe(), "proposer": proposer.describe()}, **info)
 
     ex = Executor(GENERATE_STAGES, store, grader, progress=progress, schedule=x.schedule, slice_size=x.slice,
@@ -127,12 +140,15 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
                  "check_stopped": dict(sorted(Counter(r.check_stopped for r in rows if r.check_stopped).items())),
                  "grading": {"cache_hits": grader.hits, "cache_misses": grader.misses},
                  "reused_samples": sum(st.from_store for st in ex.stages.values()),
+                 "failed_requests": {k: st.failed + st.aborted for k, st in ex.stages.items()},
+                 "rejected_requests": {k: st.rejected for k, st in ex.stages.items()},
                  # per engine: wall seconds spent at each number of requests in flight (index) while requests
                  # were still to come (docs/architecture.md, "Occupancy")
                  "in_flight_seconds": {k: [round(v, 3) for v in h] for k, h in ex.occupancy().items()}}
         write_stats(out, stats)
-        manifest(complete=True)
-        return RunResult(out, funnel, stats)
+        failed = ex.failed_requests
+        manifest("complete" if failed == 0 else "incomplete")
+        return RunResult(out, funnel, stats, complete=failed == 0, failed=failed)
     finally:
         store.close()
         if not grader_given:
@@ -169,5 +185,7 @@ def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, ba
         ResumeError: ``out_dir`` holds a run made with a spec that differs in a way that
             can change results.
         FileExistsError: ``out_dir`` is a file.
+        RunDirError: ``out_dir`` is a folder that is not an intgen run and not empty, or
+            another intgen process is working in it.
     """
     return asyncio.run(run_job_async(spec, out_dir, spec_dir, backend, proposer_backend, progress, grader=grader))

@@ -77,9 +77,11 @@ def test_a_whole_run_survives_faults(tmp_path, grader, monkeypatch):
     rollouts = pq.read_table(out / "rollouts.parquet").to_pylist()
     assert sorted(r["rollout_id"] for r in rollouts) == sorted(f"q{i}/rollout-{j}" for i in range(5) for j in range(2))
     rejects = pq.read_table(out / "rejects.parquet").to_pylist()
-    failed = [r for r in rejects if r["reason"] == "request_failed"]
+    failed = [r for r in rejects if r["reason"] == "request_rejected"]
     assert sorted(r["record_id"] for r in failed) == ["long/rollout-0", "long/rollout-1"]
     assert all("400" in r["detail"] and "not retried" in r["detail"] for r in failed)
+    # a 400 is permanent (a rerun gets the same answer): the run is complete
+    assert result.complete and not [r for r in rejects if r["reason"] == "request_failed"]
     cands = pq.read_table(out / "candidates.parquet").to_pylist()
     assert len(cands) == 10 * 2 and len({c["candidate_id"] for c in cands}) == 20
     assert all(c["parse_status"] == "ok" for c in cands)

@@ -62,7 +62,11 @@ class Completion:
     """What a backend returns for one request.
 
     ``finish_reason`` is ``"stop"``, ``"length"`` (hit ``max_tokens`` or the context),
-    ``"abort"`` or ``"error"``; for ``"error"``, ``error`` says why and ``text`` is "".
+    ``"abort"`` or ``"error"``; for ``"error"``, ``error`` says why and ``text`` is "", and
+    ``permanent`` says whether sending the request again cannot help (the server rejected it
+    as invalid, or its own text cannot be sent faithfully): a run with only permanent
+    failures is complete, one with any other failure is not (docs/architecture.md,
+    "Finished runs").
     Token counts are in the model's tokens; ``cached_tokens`` is the prompt tokens
     served from the prefix cache, when the backend reports it.
     """
@@ -74,6 +78,7 @@ class Completion:
     completion_tokens: int = 0
     cached_tokens: int | None = None
     error: str | None = None
+    permanent: bool = False
 
 
 class BackendError(RuntimeError):

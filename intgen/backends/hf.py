@@ -191,7 +191,7 @@ class TransformersBackend(Backend):
         except Exception as e:  # one bad request never sinks the others
             return Completion(request.id, "", "error", error=f"{type(e).__name__}: {e}")
         if rendered.problem is not None:
-            return Completion(request.id, "", "error", len(rendered.ids), error=rendered.problem)
+            return Completion(request.id, "", "error", len(rendered.ids), error=rendered.problem, permanent=True)
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((request, rendered.ids, future))
         if self._worker is None or self._worker.done():

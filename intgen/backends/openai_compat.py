@@ -298,7 +298,7 @@ class OpenAIBackend(Backend):
             if self.spec.continuation == "server" and request.continue_final:
                 problem = await self._prefix_problem(request.messages)
                 if problem is not None:
-                    return Completion(request.id, "", "error", error=problem)
+                    return Completion(request.id, "", "error", error=problem, permanent=True)
             async with self._sem:
                 if request.id in self._aborted:
                     return Completion(request.id, "", "abort")
@@ -353,7 +353,7 @@ class OpenAIBackend(Backend):
         try:
             endpoint, kwargs, prompt_ids = self.request_body(request)
         except _RequestProblem as e:
-            return Completion(request.id, "", "error", error=str(e))
+            return Completion(request.id, "", "error", error=str(e), permanent=True)
         create = self.client.completions.create if endpoint == "completions" else self.client.chat.completions.create
         try:
             for _ in range(self.spec.max_retries + 1):
@@ -375,7 +375,8 @@ class OpenAIBackend(Backend):
             self.counts["failed" if retried else f"rejected_{e.status_code}"] += 1
             why = (f"the server kept failing ({e.status_code}) after {self.spec.max_retries} retries" if retried
                    else f"the server rejected the request ({e.status_code}, not retried)")
-            return Completion(request.id, "", "error", len(prompt_ids or ()), error=f"{why}: {_short(e.message)}")
+            return Completion(request.id, "", "error", len(prompt_ids or ()), error=f"{why}: {_short(e.message)}",
+                              permanent=not retried)
         except openai.APITimeoutError:
             self.counts["failed"] += 1
             return Completion(request.id, "", "error", len(prompt_ids or ()), error=(

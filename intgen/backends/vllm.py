@@ -148,7 +148,7 @@ class VLLMBackend(Backend):
         try:
             rendered = self.renderer.render(request.messages, request.continue_final)
             if rendered.problem is not None:
-                return Completion(request.id, "", "error", error=rendered.problem)
+                return Completion(request.id, "", "error", error=rendered.problem, permanent=True)
             ids = rendered.ids
             s = request.sampling
             params = SamplingParams(n=1, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,

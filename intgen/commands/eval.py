@@ -52,11 +52,12 @@ def run_lift(args: argparse.Namespace) -> int:
     from intgen.backends import BackendError
     from intgen.config import SpecError
     from intgen.evaluation.lift import LiftError, format_table, lift_async
+    from intgen.rundir import RunDirError
 
     try:
         result = asyncio.run(lift_async(args.dir, r=args.r, candidates=args.candidates, fresh=args.fresh,
                                         overrides=args.overrides, progress=not args.quiet))
-    except (LiftError, SpecError, FileNotFoundError, BackendError) as e:
+    except (LiftError, SpecError, FileNotFoundError, BackendError, RunDirError) as e:
         print(f"intgen eval lift: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

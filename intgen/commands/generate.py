@@ -31,9 +31,11 @@ def _terminate(signum, frame):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run (or resume) a job. Exit 0 when done; 2 for a spec, input or backend error; 130/143
-    when stopped by SIGINT/SIGTERM (what arrived is kept; the printed command resumes);
-    1 when the run stopped on an I/O error (e.g. disk full), also resumable."""
+    """Run (or resume) a job. Exit 0 when complete; 3 when it finished with failed requests
+    (a server outage: the tables hold what was answered, the export is not written, the
+    printed command retries exactly the failed requests); 2 for a spec, input or backend
+    error; 130/143 when stopped by SIGINT/SIGTERM (what arrived is kept; the printed command
+    resumes); 1 when the run stopped on an I/O error (e.g. disk full), also resumable."""
     import sqlite3
 
     from intgen.backends import BackendError
@@ -43,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from intgen.runner import run_job
     from intgen.prompts import PromptError
     from intgen.sources import SourceError
+    from intgen.rundir import RunDirError
+    from intgen.store import StoreError
 
     overrides = list(args.overrides)
     if args.limit is not None:
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_job(spec, out, spec_dir=Path(args.job).resolve().parent, progress=not args.quiet)
     except (SpecError, FileNotFoundError, FileExistsError, UnknownModelError, BackendError, ResumeError,
-            SourceError, PromptError, NotADirectoryError) as e:
+            SourceError, PromptError, NotADirectoryError, StoreError, RunDirError) as e:
         print(f"intgen generate: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
@@ -74,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     print_funnel(result)
+    if not result.complete:
+        print(f"\nintgen generate: the run is incomplete: {result.failed} requests failed (see rejects.parquet, "
+              f"reason request_failed); the tables hold what was answered and the export was not written.\n"
+              f"retry exactly those requests with: {_resume_command(args, out)}", file=sys.stderr)
+        return 3
     from intgen.export import export_run
 
     try:  # the run's tables are written; a failed export is reported, and `intgen export` redoes it

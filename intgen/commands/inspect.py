@@ -46,7 +46,7 @@ def describe_run(run_dir: Path) -> dict:
             entry = {"status": entry, "requests": manifest.get("requests", {}).get(stage)}
         status = entry.get("status", "pending")
         if stage == "select":
-            status = "done" if manifest.get("complete") else "pending"
+            status = "done" if manifest.get("status") in ("complete", "incomplete") or manifest.get("complete") else "pending"
         table = run_dir / f"{table_name}.parquet" if table_name else None
         rows: Any = None
         if table is not None and table.exists():
@@ -60,7 +60,9 @@ def describe_run(run_dir: Path) -> dict:
             "answered": got.get("samples", 0), "failed": entry.get("failed"),
             "prompt_tokens": got.get("prompt_tokens", 0), "completion_tokens": got.get("completion_tokens", 0),
         }
-    return {"run_dir": str(run_dir), "complete": manifest.get("complete", False), "stages": stages}
+    status = manifest.get("status") or ("complete" if manifest.get("complete") else "running")
+    return {"run_dir": str(run_dir), "status": status, "complete": status == "complete",
+            "failed_requests": manifest.get("failed_requests", 0), "stages": stages}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +74,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"{info['run_dir']}: {'complete' if info['complete'] else 'not complete (resume with intgen generate ... --out DIR)'}")
+    said = {"complete": "complete",
+            "incomplete": f"incomplete: {info['failed_requests']} requests failed, rerun to retry them "
+                          "(the same intgen generate command with --out DIR)",
+            }.get(info["status"], "not finished: stopped or still running; rerun the same intgen generate command "
+                                  "with --out DIR to resume it")
+    print(f"{info['run_dir']}: {said}")
     print(f"  {'stage':<9} {'status':<9} {'rows':>8} {'requests':>9} {'answered':>9} {'failed':>7} {'prompt tok':>11} "
           f"{'output tok':>11}")
     for stage, s in info["stages"].items():

@@ -180,9 +180,18 @@ async def lift_async(run_dir: str | Path, backend: Backend | None = None, r: int
     Raises:
         LiftError, SpecError: the run or the options cannot be used.
         BackendError: the backend cannot continue an assistant turn, or cannot start.
+        RunDirError: another intgen process is working in the run.
     """
+    from intgen.rundir import run_lock
+
     run_dir = Path(run_dir)
     spec = load_run_spec(run_dir, overrides)
+    with run_lock(run_dir, "eval lift"):
+        return await _lift(run_dir, spec, backend, r, candidates, fresh, progress, grader, plot)
+
+
+async def _lift(run_dir: Path, spec: JobSpec, backend: Backend | None, r: int | None, candidates: str, fresh: bool,
+                progress: bool, grader: GradingPool | None, plot: bool) -> LiftResult:
     r = r or spec.check.r
     if r < 1:
         raise LiftError("r must be at least 1")
