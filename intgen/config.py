@@ -101,6 +101,10 @@ class BackendSpec(_Model):
     concurrency: int = Field(default=64, ge=1)
     timeout_s: float = Field(default=1800.0, gt=0)
     max_retries: int = Field(default=6, ge=0)
+    #: when a request still fails after max_retries (the server is down, not the request bad),
+    #: probe the server for up to this many seconds, then send it again; past it, the run
+    #: gives up on the server and ends incomplete (docs/job-spec.md, "Outages")
+    outage_s: float = Field(default=300.0, ge=0)
     extra_body: dict[str, Any] = Field(default_factory=dict)
     # -- transformers
     device: str = "auto"

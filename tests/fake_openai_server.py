@@ -57,13 +57,18 @@ class FakeOpenAIServer:
         max_faults_per_body: the most faults one request body gets.
         tokenizer: a transformers tokenizer for ``/tokenize`` and ``/detokenize`` (else 404).
         api_key: when set, requests without ``Authorization: Bearer <api_key>`` get a 401.
+        down_after: go down (:attr:`down`) after this many answered completions: an outage.
+
+    Attributes:
+        down: while True, every connection is closed without an answer (``/v1/models``
+            too), as a server that went away; set it False to bring the server back.
     """
 
     def __init__(self, served: str = "fake-model", fault_rate: float = 0.0, faults: tuple[str, ...] = FAULTS,
                  stall_s: float = 2.5, max_prompt_chars: int = 20000, max_model_len: int | None = 8192,
                  answers: dict[str, str] | None = None, decode: Callable[[list[int]], str] | None = None,
                  seed: int = 0, max_faults_per_body: int = 2, tokenizer: Any = None,
-                 api_key: str | None = None):
+                 api_key: str | None = None, down_after: int | None = None):
         self.served = served
         self.fault_rate = fault_rate
         self.faults = faults
@@ -76,6 +81,9 @@ class FakeOpenAIServer:
         self.max_faults_per_body = max_faults_per_body
         self.tokenizer = tokenizer
         self.api_key = api_key
+        self.down_after = down_after
+        self.down = False
+        self.refused = 0
         self.log: list[Logged] = []
         self._seen: Counter[str] = Counter()
         self._faulted: Counter[str] = Counter()
@@ -139,7 +147,21 @@ class FakeOpenAIServer:
             return True
         return False
 
+    def _refuse_if_down(self, h: BaseHTTPRequestHandler) -> bool:
+        if not self.down:
+            return False
+        with self._lock:
+            self.refused += 1
+        h.close_connection = True
+        try:
+            h.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return True
+
     def _get(self, h: BaseHTTPRequestHandler) -> None:
+        if self._refuse_if_down(h):
+            return
         if self._unauthorized(h):
             return
         if h.path.rstrip("/") == "/v1/models":
@@ -164,6 +186,8 @@ class FakeOpenAIServer:
 
     def _post(self, h: BaseHTTPRequestHandler) -> None:
         raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        if self._refuse_if_down(h):
+            return
         if self._unauthorized(h):
             return
         path = h.path.rstrip("/")
@@ -216,6 +240,8 @@ class FakeOpenAIServer:
         text = self._reply(prompt, continuing, int(body.get("seed") or 0))
         k = n - 1 if fault == "few" else n
         record("few" if fault == "few" else "ok")
+        if self.down_after is not None and sum(e.outcome == "ok" for e in self.log) >= self.down_after:
+            self.down = True  # this answer still goes out; the next request finds the server gone
         if path == "/v1/chat/completions":
             choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                        for i in range(k)]

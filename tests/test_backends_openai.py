@@ -209,15 +209,16 @@ def test_a_400_is_an_error_completion_and_never_retried():
 def test_retries_exhausted_give_one_error_per_sample(fault):
     """Every try fails (one try and one retry): each sample gets exactly one error completion."""
     async def main(server):
+        # outage_s=0: no waiting for the server; a timeout far above a loaded machine's answer time
         b = make_backend(BackendSpec(kind="openai", base_url=server.url, served_model_name="fake-model",
-                                     max_retries=1, timeout_s=0.8), MODEL)
+                                     max_retries=1, timeout_s=4.0, outage_s=0), MODEL)
         await b.start()
         try:
             return [c async for c in b.stream(_requests(3))], b.describe()
         finally:
             await b.close()
 
-    with FakeOpenAIServer(fault_rate=1.0, faults=(fault,), stall_s=1.2, max_faults_per_body=2) as server:
+    with FakeOpenAIServer(fault_rate=1.0, faults=(fault,), stall_s=6.0, max_faults_per_body=2) as server:
         out, info = asyncio.run(main(server))
     assert sorted(c.request_id for c in out) == ["s0", "s1", "s2"]
     assert all(c.finish_reason == "error" and c.error for c in out), out
@@ -329,3 +330,70 @@ def test_without_a_local_tokenizer_the_server_rendering_is_decoded_and_checked(t
     with FakeOpenAIServer(tokenizer=_tokenizer_with("llama3", tmp_path / "l")) as server:
         with pytest.raises(BackendError, match="does not end with the unfinished assistant message"):
             _continue(server.url, model="nobody/no-such-model")
+
+
+def _cli_spec(tmp_path, url, **backend):
+    import yaml
+
+    spec = _spec(tmp_path, url, backend={"max_retries": 1, "timeout_s": 4.0, **backend}, baseline={"for": "accepted"})
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec.resolved()))
+    return path
+
+
+def test_an_outage_longer_than_outage_s_ends_incomplete_and_a_rerun_completes(tmp_path, monkeypatch, capsys):
+    """The server goes away mid-run and stays away past backend.outage_s: the run ends
+    incomplete (exit 3, the resume command printed, no export), inspect says so, export is
+    refused; once the server is back, the same command retries exactly the failed requests
+    and the tables equal an uninterrupted run's."""
+    from intgen.cli import main
+
+    monkeypatch.setenv("INTGEN_TEST_KEY", SECRET)
+    with FakeOpenAIServer() as clean:
+        job = _cli_spec(tmp_path, clean.url)
+        assert main(["generate", str(job), "--out", str(tmp_path / "ref"), "--quiet"]) == 0
+    with FakeOpenAIServer(down_after=25) as server:
+        job = _cli_spec(tmp_path, server.url, outage_s=2)
+        out = tmp_path / "run"
+        assert main(["generate", str(job), "--out", str(out), "--quiet"]) == 3
+        err = capsys.readouterr().err
+        assert "incomplete" in err and f"intgen generate {job} --out {out}" in err
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "incomplete" and manifest["failed_requests"] > 0
+        assert manifest["backends"]["policy"]["requests"]["outage_probes"] >= 2
+        assert not (out / "export").exists()
+        assert main(["inspect", str(out)]) == 0
+        assert f"incomplete: {manifest['failed_requests']} requests failed, rerun to retry them" in capsys.readouterr().out
+        assert main(["export", str(out)]) == 2
+        assert "not a complete run" in capsys.readouterr().err
+        answered_before = set(server.answered())
+        server.down_after, server.down = None, False  # the server is back, for good
+        assert main(["generate", str(job), "--out", str(out), "--quiet"]) == 0
+        assert set(server.answered()) >= answered_before
+        again = [e.body_key for e in server.log if e.outcome == "ok" and e.body_key in answered_before]
+        assert len(again) == len(answered_before)  # nothing answered before the outage was asked again
+    for name in ("rollouts", "candidates", "continuations", "interventions", "sft"):
+        assert pq.read_table(out / f"{name}.parquet").equals(pq.read_table(tmp_path / "ref" / f"{name}.parquet")), name
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_a_short_outage_is_waited_out(tmp_path, monkeypatch, grader):
+    """The server is away for about 2 s, well within backend.outage_s: the requests wait for
+    it and the run completes."""
+    import threading
+
+    monkeypatch.setenv("INTGEN_TEST_KEY", SECRET)
+    with FakeOpenAIServer(down_after=25) as server:
+        def bring_back():
+            while not server.down:
+                threading.Event().wait(0.05)
+            threading.Event().wait(2.0)
+            server.down_after, server.down = None, False
+
+        threading.Thread(target=bring_back, daemon=True).start()
+        spec = _spec(tmp_path, server.url, backend={"max_retries": 1, "timeout_s": 4.0, "outage_s": 120})
+        result = run_job(spec, tmp_path / "run", spec_dir=ROOT / "pipelines", progress=False, grader=grader)
+    assert result.complete and server.refused >= 1
+    counts = json.loads((tmp_path / "run" / "manifest.json").read_text())["backends"]["policy"]["requests"]
+    assert counts["outages"] >= 1 and counts["sent_again_after_outage"] >= 1
+    assert counts["http_requests"] > counts["answered"]  # the retries and probes, counted

@@ -6,6 +6,15 @@ SGLang, llama.cpp's server, hosted APIs) (DESIGN section 5).
   answers, timeouts and dropped connections with exponential backoff (0.5 s doubling to
   8 s, with jitter; a ``Retry-After`` up to 60 s is honoured) and never retries any other
   4xx. intgen adds no retry loop of its own for those.
+- **Outages.** A request that still fails after those retries with a 5xx, 408/409/429, a
+  timeout or a dropped connection is most likely a server that is down, not a bad request:
+  it waits while one shared probe asks ``/v1/models`` with exponential backoff (tenacity;
+  0.5 s doubling to 15 s) for up to ``backend.outage_s`` seconds (default 300), and is sent
+  again when the server answers (at most 3 times). Past ``outage_s`` the server is taken as
+  down: every request left fails at once without being sent, the run ends *incomplete*
+  (``manifest.json``), and rerunning the same command sends exactly those requests again.
+  ``manifest.json`` counts HTTP requests and answers by status (``http_requests``,
+  ``http_503``, ...; retries are the difference), outages and probes.
 - **Concurrency.** At most ``backend.concurrency`` requests in flight (a semaphore).
 - **Per-sample seeds.** One :class:`~intgen.backends.base.Request` is one sample: it goes
   out with ``n=1`` and its own ``seed``. Samples of one prompt are never grouped into one
@@ -50,6 +59,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections import Counter
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -114,6 +124,8 @@ class OpenAIBackend(Backend):
         self._aborted: set[str] = set()
         self._tasks: dict[str, asyncio.Task] = {}
         self._checks: dict[str, asyncio.Future] = {}
+        self._probe: asyncio.Future | None = None
+        self._down_since: float | None = None
         self._has_tokenize: bool | None = None
         self._token_counts: dict[str, int] = {}
         self.fidelity = {"server": "not checked yet", "completions": "rendered and checked locally",
@@ -128,8 +140,15 @@ class OpenAIBackend(Backend):
             return
         import openai
 
+        async def on_request(request) -> None:
+            self.counts["http_requests"] += 1
+
+        async def on_response(response) -> None:
+            self.counts[f"http_{response.status_code}"] += 1
+
+        http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [on_request], "response": [on_response]})
         self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key(), timeout=self.spec.timeout_s,
-                                         max_retries=self.spec.max_retries)
+                                         max_retries=self.spec.max_retries, http_client=http)
         self._sem = asyncio.Semaphore(self.spec.concurrency)
         where = _public_url(self.base_url)
         try:
@@ -345,15 +364,65 @@ class OpenAIBackend(Backend):
         return "chat", {**kwargs, "messages": list(request.messages)}, None
 
     async def _call(self, request: Request) -> Completion:
+        """One sample, through the outage policy (module docstring): a request that still
+        fails after the client's retries because the server is unreachable or failing waits
+        for the server (probed up to ``backend.outage_s`` seconds) and is sent again, at most
+        3 times; once the server has been down longer than that, every request fails at once
+        (retryable: the run ends incomplete and a rerun sends them again)."""
+        if self._down_since is not None:
+            self.counts["failed_server_down"] += 1
+            return Completion(request.id, "", "error", error=(
+                f"the server has not answered since {time.strftime('%H:%M:%S', time.localtime(self._down_since))} "
+                f"(waited backend.outage_s={self.spec.outage_s:g} s); not sent"))
+        for recovery in range(4):
+            completion, transient = await self._call_once(request)
+            if not transient or recovery == 3 or not await self._server_back():
+                return completion
+            self.counts["sent_again_after_outage"] += 1
+        return completion
+
+    async def _server_back(self) -> bool:
+        """Wait until the server answers ``/v1/models`` again (one probe shared by every
+        waiting request, exponential backoff with tenacity), for at most ``outage_s``."""
+        if self._down_since is not None or self.spec.outage_s == 0:
+            return False
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._probe_server())
+        return await asyncio.shield(self._probe)
+
+    async def _probe_server(self) -> bool:
+        from tenacity import AsyncRetrying, RetryError, stop_after_delay, wait_exponential
+
+        started = time.time()
+        try:
+            async for attempt in AsyncRetrying(stop=stop_after_delay(self.spec.outage_s),
+                                               wait=wait_exponential(multiplier=0.5, max=15), reraise=False):
+                with attempt:
+                    self.counts["outage_probes"] += 1
+                    await self.client.with_options(timeout=min(self.spec.timeout_s, 10.0), max_retries=0).models.list()
+        except RetryError:
+            self._down_since = started
+            log.warning("the server at %s has not answered for %.0f s (backend.outage_s); the requests left fail and "
+                        "the run will end incomplete: rerun it once the server is back", _public_url(self.base_url),
+                        time.time() - started)
+            return False
+        if time.time() - started > 1:
+            self.counts["outages"] += 1
+        return True
+
+    async def _call_once(self, request: Request) -> tuple[Completion, bool]:
+        """One try through the client (its own retries included); returns the completion and
+        whether it failed in a way the server's health explains (5xx, 408/409/429, a timeout,
+        a connection error)."""
         import openai
 
         if request.continue_final and not self.can_continue:
             return Completion(request.id, "", "error", error="backend.continuation=none: this server cannot continue an "
-                              "unfinished assistant turn")
+                              "unfinished assistant turn", permanent=True), False
         try:
             endpoint, kwargs, prompt_ids = self.request_body(request)
         except _RequestProblem as e:
-            return Completion(request.id, "", "error", error=str(e), permanent=True)
+            return Completion(request.id, "", "error", error=str(e), permanent=True), False
         create = self.client.completions.create if endpoint == "completions" else self.client.chat.completions.create
         try:
             for _ in range(self.spec.max_retries + 1):
@@ -364,7 +433,7 @@ class OpenAIBackend(Backend):
             else:
                 self.counts["failed"] += 1
                 return Completion(request.id, "", "error", len(prompt_ids or ()), error=(
-                    f"the server returned no choice for this sample {self.spec.max_retries + 1} times"))
+                    f"the server returned no choice for this sample {self.spec.max_retries + 1} times")), False
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             raise _Fatal(f"the server refused the API key (read from ${self.spec.api_key_env}): {_short(e.message, 200)}")
         except openai.NotFoundError as e:
@@ -376,15 +445,15 @@ class OpenAIBackend(Backend):
             why = (f"the server kept failing ({e.status_code}) after {self.spec.max_retries} retries" if retried
                    else f"the server rejected the request ({e.status_code}, not retried)")
             return Completion(request.id, "", "error", len(prompt_ids or ()), error=f"{why}: {_short(e.message)}",
-                              permanent=not retried)
+                              permanent=not retried), retried
         except openai.APITimeoutError:
             self.counts["failed"] += 1
             return Completion(request.id, "", "error", len(prompt_ids or ()), error=(
-                f"no answer within backend.timeout_s={self.spec.timeout_s:g} s, {self.spec.max_retries} retries"))
+                f"no answer within backend.timeout_s={self.spec.timeout_s:g} s, {self.spec.max_retries} retries")), True
         except openai.APIConnectionError as e:
             self.counts["failed"] += 1
             return Completion(request.id, "", "error", len(prompt_ids or ()), error=(
-                f"connection failed after {self.spec.max_retries} retries: {_short(e)}"))
+                f"connection failed after {self.spec.max_retries} retries: {_short(e)}")), True
         choice = resp.choices[0]
         text = choice.text if prompt_ids is not None else (choice.message.content or "")
         usage = resp.usage
@@ -394,7 +463,7 @@ class OpenAIBackend(Backend):
         self.counts["answered"] += 1
         return Completion(request.id, text or "", choice.finish_reason or "stop",
                           usage.prompt_tokens if usage else len(prompt_ids or ()),
-                          usage.completion_tokens if usage else 0, cached)
+                          usage.completion_tokens if usage else 0, cached), False
 
     def abort(self, request_ids: Iterable[str]) -> None:
         for rid in request_ids:
@@ -409,7 +478,7 @@ class OpenAIBackend(Backend):
             "base_url": _public_url(self.base_url), "api_key_env": self.spec.api_key_env,
             "continuation": self.spec.continuation, "max_model_len": self.max_model_len,
             "concurrency": self.spec.concurrency, "timeout_s": self.spec.timeout_s, "max_retries": self.spec.max_retries,
-            "prefix_fidelity": self.fidelity, "requests": dict(self.counts),
+            "outage_s": self.spec.outage_s, "prefix_fidelity": self.fidelity, "requests": dict(self.counts),
         }
         if self.renderer is not None:
             info.update(self.renderer.describe())
