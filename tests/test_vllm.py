@@ -109,16 +109,27 @@ def test_kill_during_check_and_resume_on_vllm(tmp_path):
     env = {**os.environ, "INTGEN_TEST_MARK": marker}
     tag = f"INTGEN_TEST_MARK={marker}".encode()
 
-    def kill_marked():
+    def marked() -> list[int]:
         # /proc/PID/environ read raw: psutil's environ() missed the marker of vLLM's
         # engine core once it had renamed itself (setproctitle)
+        pids = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             try:
                 if tag in (entry / "environ").read_bytes().split(b"\0"):
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except (OSError, ProcessLookupError):
+                    stat = (entry / "stat").read_text()
+                    if stat[stat.rindex(")") + 2] != "Z":  # a zombie is dead, only not reaped
+                        pids.append(int(entry.name))
+            except (OSError, ProcessLookupError, ValueError):
+                pass
+        return pids
+
+    def kill_marked():
+        for pid in marked():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
                 pass
 
     with open(tmp_path / "child1.err", "w") as err:
@@ -126,9 +137,18 @@ def test_kill_during_check_and_resume_on_vllm(tmp_path):
                                 stderr=err, env=env)
         try:
             proc.wait(timeout=900)
+            # SIGKILL of the main process alone (as the OOM killer does): the engine process,
+            # its workers and the grading workers end with it
+            import time
+
+            deadline = time.monotonic() + 10
+            while marked() and time.monotonic() < deadline:
+                time.sleep(0.25)
+            survivors = marked()
         finally:
             kill_marked()
     assert proc.returncode == -9, (tmp_path / "child1.err").read_text()[-3000:]
+    assert survivors == [], [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in survivors if Path(f"/proc/{p}").exists()]
     with sqlite3.connect(out / "samples.sqlite") as db:
         answered = {rid for (rid,) in db.execute("SELECT request_id FROM samples")}
     assert sum("/continuation-" in rid for rid in answered) >= 2

@@ -24,6 +24,50 @@ from intgen.models import materialize
 # vLLM logs every engine detail at INFO; keep a run's output to intgen's progress bars
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
+#: vLLM's own ``EngineCoreProc.run_engine_core``, kept when :func:`_tie_engine_to_parent` wraps it
+_RUN_ENGINE_CORE = None
+
+
+def _exit_with_parent(poll_s: float = 0.5) -> None:
+    """In an engine process: a daemon thread that kills this process as soon as its parent
+    is gone (it is re-parented, so ``os.getppid()`` changes), whatever killed the parent
+    (SIGKILL from the OOM killer included). vLLM's worker processes watch the engine
+    process through a pipe and exit with it."""
+    import signal
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(poll_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="intgen-exit-with-parent", daemon=True).start()
+
+
+def _run_engine_core_tied_to_parent(*args, **kwargs):
+    """vLLM's engine-core entry point, run in the engine process with
+    :func:`_exit_with_parent` first (picklable by reference, so it works with spawn too)."""
+    _exit_with_parent()
+    if _RUN_ENGINE_CORE is not None:  # forked: the parent's saved original
+        return _RUN_ENGINE_CORE(*args, **kwargs)
+    from vllm.v1.engine.core import EngineCoreProc  # spawned: a fresh import, never wrapped here
+
+    return EngineCoreProc.run_engine_core(*args, **kwargs)
+
+
+def _tie_engine_to_parent() -> None:
+    """Make vLLM start its engine process through :func:`_run_engine_core_tied_to_parent`:
+    vLLM's engine process does not watch the process that started it, so a run killed with
+    SIGKILL would leave it (and its workers, several GB) running under PID 1."""
+    global _RUN_ENGINE_CORE
+    from vllm.v1.engine.core import EngineCoreProc
+
+    if _RUN_ENGINE_CORE is None:
+        _RUN_ENGINE_CORE = EngineCoreProc.run_engine_core
+        EngineCoreProc.run_engine_core = staticmethod(_run_engine_core_tied_to_parent)
+
 
 class VLLMBackend(Backend):
     """vLLM's ``AsyncLLM`` engine in this process.
@@ -104,6 +148,7 @@ class VLLMBackend(Backend):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         kwargs = self._engine_kwargs(self._path)
+        _tie_engine_to_parent()
         try:
             self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         except Exception as e:
