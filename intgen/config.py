@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,6 +28,17 @@ class SpecError(ValueError):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``true`` is not a number: pydantic would read it as 1 for an int field (``rollout.k=true``)."""
+        if isinstance(value, bool):
+            annotation = cls.model_fields[info.field_name].annotation
+            kinds = set(typing.get_args(annotation)) or {annotation}
+            if kinds & {int, float} and bool not in kinds:
+                raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
 
 
 class SourceSpec(_Model):
@@ -211,6 +224,21 @@ class JobSpec(_Model):
     grading: GradingSpec = Field(default_factory=GradingSpec)
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     faithful: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value):
+            raise ValueError(f"name: {value!r} is not a run name: use letters, digits, '.', '_' and '-' (it names "
+                             "the folder runs/<name>; give --out for a folder elsewhere)")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _some_source(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one source (a mapping with path or dataset)")
+        return value
 
     @model_validator(mode="after")
     def _accept_within_r(self) -> "JobSpec":

@@ -28,6 +28,7 @@ LEAK = "answer_leak"
 
 _OPEN = re.compile(r"<intervention>", re.IGNORECASE)
 _CLOSE = re.compile(r"</intervention>", re.IGNORECASE)
+_BLOCK = re.compile(r"<intervention>.*?</intervention>", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"^\s*```(?:json|python)?\s*|\s*```\s*$")
 # the location key; its value is read from a bounded window after it (no backtracking over long runs)
 _LOCATION_KEY = re.compile(r"""["']?location["']?[ \t]*:""", re.IGNORECASE)
@@ -142,7 +143,18 @@ def _to_location(value: object) -> int | None:
     return None
 
 
-def parse_intervention(output: str, num_steps: int) -> ParsedIntervention:
+def echoed_blocks(*prompt_texts: str) -> tuple[str, ...]:
+    """The ``<intervention>`` blocks that appear in the texts the proposer was shown (a
+    problem, reference solution or failed trace may contain one), for
+    :func:`parse_intervention`'s ``echoed``."""
+    blocks: list[str] = []
+    for text in prompt_texts:
+        if text and "intervention" in text:
+            blocks += _BLOCK.findall(text)
+    return tuple(dict.fromkeys(blocks))
+
+
+def parse_intervention(output: str, num_steps: int, echoed: tuple[str, ...] = ()) -> ParsedIntervention:
     """Parse the LAST ``<intervention>...</intervention>`` block of a proposer output: the
     text between the last closing tag and the opening tag nearest before it, so a tag the
     model reopened inside its own block never ends up in the content.
@@ -155,6 +167,10 @@ def parse_intervention(output: str, num_steps: int) -> ParsedIntervention:
         output: the raw proposer output.
         num_steps: the number of steps of the failed trace; valid locations are
             ``1..num_steps``.
+        echoed: blocks that stand verbatim in the prompt (:func:`echoed_blocks`): a block
+            the model only copied from its input is not its proposal, so such copies are
+            removed from the output before parsing [issue 13: a problem text planted with a
+            block was parsed as the intervention].
 
     Returns:
         A :class:`ParsedIntervention`; ``status`` is ``"ok"``, ``no_intervention_tag``,
@@ -162,6 +178,8 @@ def parse_intervention(output: str, num_steps: int) -> ParsedIntervention:
         ``empty_intervention``. The leak rule is separate (:func:`leaks_answer`).
     """
     try:
+        for block in echoed:
+            output = output.replace(block, "")
         return _parse(output, num_steps)
     except Exception as e:  # noqa: BLE001 - a promise: no model output makes the parser raise
         return ParsedIntervention(UNPARSEABLE, detail=f"the parser failed on this output ({type(e).__name__}: {e})"[:300])

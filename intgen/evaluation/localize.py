@@ -247,13 +247,13 @@ def proposer_chat(example: Example, prompt: ProposerPrompt, reference: Problem |
     return propose_stage.proposer_chat(prompt, _values(example, reference), list(example.steps), solve_turn, fits)
 
 
-def to_prediction(raw: str, num_steps: int, omitted: range | None = None
+def to_prediction(raw: str, num_steps: int, omitted: range | None = None, echoed: tuple[str, ...] = ()
                   ) -> tuple[interventions.ParsedIntervention, str, int | None]:
     """Parse one proposer output: (parsed, status, predicted label). ``ok`` -> location - 1;
     an empty intervention -> -1 (no critical error); anything else -> a parse failure,
     including a location among the steps omitted from a shortened attempt
     (``location_not_shown``, as the propose stage rejects it)."""
-    parsed = propose_stage.shown_location(interventions.parse_intervention(raw, num_steps), omitted)
+    parsed = propose_stage.shown_location(interventions.parse_intervention(raw, num_steps, echoed), omitted)
     if parsed.status == "location_not_shown":
         return parsed, M.PARSE_FAILED, None
     if parsed.status == interventions.OK:
@@ -393,7 +393,8 @@ async def localize_async(spec: LocalizeSpec, data: str | Path, out_dir: str | Pa
                            parse_detail=(c.error or "") if c else "", prediction=None)
             else:
                 raw = (prompt.response_prefix or "") + c.text
-                parsed, status, pred = to_prediction(raw, len(e.steps), omitted.get(e.example_id))
+                parsed, status, pred = to_prediction(raw, len(e.steps), omitted.get(e.example_id),
+                                                     interventions.echoed_blocks(e.problem, *e.steps))
                 leaks = (interventions.leaks_answer(parsed.content, ref.gold_answer)
                          if ref is not None and parsed.content else None)
                 row.update(raw_output=raw, finish_reason=c.finish_reason, parse_status=parsed.status,

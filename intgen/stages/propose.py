@@ -85,15 +85,15 @@ def candidate_requests(problem: Problem, rollout: Rollout, messages: tuple[dict,
 
 
 def parse_candidate(completion: Completion, rollout: Rollout, omitted: range | None,
-                    response_prefix: str | None = None) -> interventions.ParsedIntervention:
+                    response_prefix: str | None = None, echoed: tuple[str, ...] = ()) -> interventions.ParsedIntervention:
     """Parse one proposer output (``response_prefix`` + the model's text) against the failed
     trace's steps. A location among the steps omitted from a shortened attempt is
     ``location_not_shown``: the proposer never saw that step. The leak rule is applied by
-    the caller (it needs the grader)."""
+    the caller (it needs the grader). ``echoed``: the ``<intervention>`` blocks of the
+    prompt's own texts, which do not count when the model copies them."""
     if completion.finish_reason in ("error", "abort"):
         return interventions.ParsedIntervention("request_failed", detail=completion.error or completion.finish_reason)
-    parsed = interventions.parse_intervention((response_prefix or "") + completion.text,
-                                              rollout.num_steps)
+    parsed = interventions.parse_intervention((response_prefix or "") + completion.text, rollout.num_steps, echoed)
     return shown_location(parsed, omitted)
 
 
@@ -202,7 +202,10 @@ class ProposeStage:
     async def _candidate(self, request: Request, completion: Completion, _verdict: Any) -> None:
         rollout, solve_output, omitted = self._context.pop(request.id)
         gold = request.meta["gold_answer"]
-        parsed = parse_candidate(completion, rollout, omitted, self.prompt.response_prefix)
+        problem = self.problems[rollout.problem_id]
+        echoed = interventions.echoed_blocks(problem.problem, problem.reference_solution, rollout.text,
+                                             *(response for _, response in self.prompt.examples))
+        parsed = parse_candidate(completion, rollout, omitted, self.prompt.response_prefix, echoed)
         if parsed.status == interventions.OK and await leaks(self.flow, parsed.content, gold, self.faithful):
             parsed = leak(parsed, gold)
         rec = self.records[request.id] = to_candidate(request, completion, rollout, parsed, solve_output,
