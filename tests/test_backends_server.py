@@ -145,7 +145,8 @@ def transformers_backend():
 @pytest.mark.parametrize("kind", ["server", "completions", "transformers"])
 def test_backends_agree_on_seeds_and_continuations(kind, server, transformers_backend):
     """The stage contract every backend keeps: one completion per request, the same seed
-    gives the same text, another seed another text, a continuation continues."""
+    gives the same text in the same batch composition, other seeds other texts, a
+    continuation continues."""
     backend = transformers_backend if kind == "transformers" else _openai(server, kind)
     sampling = Sampling(temperature=0.7, top_p=0.8, top_k=20, max_tokens=16)
     ask = ({"role": "user", "content": "Name three colours."},)
@@ -157,7 +158,13 @@ def test_backends_agree_on_seeds_and_continuations(kind, server, transformers_ba
     async def main():
         await backend.start()
         try:
-            return {c.request_id: c async for c in backend.stream(reqs)}
+            if kind == "transformers":  # same seed, same batch: same text (the backend's per-row generators)
+                return {c.request_id: c async for c in backend.stream(reqs)}
+            # a server reproduces a seed only for the same batch composition (docs/architecture.md,
+            # "Reproducibility"): the two requests with seed 11 each go alone, the rest together
+            out = {"a": await backend.complete(reqs[0]), "a-again": await backend.complete(reqs[1])}
+            out.update({c.request_id: c async for c in backend.stream(reqs[2:])})
+            return out
         finally:
             if backend is not transformers_backend:
                 await backend.close()
