@@ -12,15 +12,19 @@ rules are strict and written down. Sources:
   re-measured on math-verify 0.9.0 / latex2sympy2_extended 1.11.0 before being overridden;
 * [issue 4] the numbered test cases of the team's issue 4 ("Grading you can trust at
   scale"), each pinned verbatim in tests/test_grading.py;
-* [measured] a wrong verdict found here on math-verify 0.9.0; the case is given.
+* [measured] a wrong verdict found here on math-verify 0.9.0; the case is given;
+* [issue 13] the team's issue 13 ("Nothing lost, nothing silent"), item 5, and
+  [issue 15] its issue 15, item 4 (faithful mode), each reported case pinned in
+  tests/test_grading.py with cases of its kind.
 
 Pipeline for one output::
 
     gold --normalise--> parse(\\boxed{gold}) ----------------------------.
     output --finish_reason=="length"?--> no_answer                        |
-           --extract_boxed--> None -> no_answer                          v
-                          --> content --normalise--> parse --> verify(gold, pred) per pair
-                                                                        --> small-value guard
+           --boxes--> none, or last one cut off -> no_answer              |
+                  --> last box (every box for a set/tuple gold)           v
+                      --normalise--> parse --> verify(gold, pred) per pair
+                                                 --> small-value guard
 
 Statuses: ``correct`` / ``wrong`` (a real comparison happened), ``no_answer`` (the model
 gave no final answer we may judge), ``ungradable`` (a parse failure, a math-verify
@@ -28,8 +32,9 @@ exception or timeout, or a gold answer that does not parse).
 
 Policy overrides of math-verify (each has a test in tests/test_grading.py):
 
-1. Only the content of the last complete box is judged [design]. math-verify on a whole
-   output falls back to the last number anywhere in the text; intgen never does.
+1. Only the content of the last complete box is judged [design] (except for a set or
+   tuple gold, override 15). math-verify on a whole output falls back to the last number
+   anywhere in the text; intgen never does.
 2. No fragments [design, MV#82, MV#81]: the box content is parsed as LaTeX first. If that
    yields no sympy object, the plain-expression extractor is accepted only when its match
    covers the whole content; otherwise the prediction is ``ungradable`` ("prediction does
@@ -116,6 +121,24 @@ Policy overrides of math-verify (each has a test in tests/test_grading.py):
     is wrong. Without a subscript on one side the digits are compared as before (``52``
     still equals ``52_8``, ``24`` equals ``24_{10}``).
 
+15. Several boxes [issue 13]: when the gold holds several values, every complete box of
+    the output is judged, combined in order; otherwise the last box stands. Case: gold
+    ``5, 7`` with ``the two solutions are \\boxed{5} and \\boxed{7}`` was wrong (only 7 was
+    judged). The gold holds several values when math-verify parses it (after overrides
+    4-14) to a finite set of two values or more (``5, 7``, ``\\{5, 7\\}``, ``\\pm 2``,
+    ``6 \\text{ or } 7``: a set), to a tuple of two or more (``(1, 2, 3)``, ``(5, 5)``: a
+    tuple), or to an open interval written as a parenthesised pair (``(5, 7)``, which
+    math-verify reads as the interval: a tuple). The boxes are combined as ``a, b`` for a
+    set (order and repeats do not matter) and ``(a, b)`` for a tuple (both do), each box
+    normalised on its own first and empty boxes skipped; a box that is refused (overrides
+    11, 13) makes the whole answer ungradable. The last box stands alone when it holds
+    several values itself (``\\boxed{5} and \\boxed{7}, so \\boxed{5, 7}``), when the gold
+    is one value, an interval with a bracket or a matrix, and in faithful mode. A cut-off
+    last box is still no answer, and a cut-off box followed by complete ones is dropped.
+    math-verify on a whole text joins every box whatever the gold (so gold ``7`` with
+    ``\\boxed{5} and \\boxed{7}`` is wrong there); intgen joins only for a set or tuple
+    gold. Limitation: an intermediate result boxed before the answers is combined too.
+
 Overrides 4-13 apply to gold answers and predictions alike. On the 5,143 distinct gold
 answers of MATH (train and test), MATH-500, GSM8K and OlympiadBench, overrides 8-13
 change the parse of five, each a fix (``4t``, ``6m``, ``2s`` were read as numbers;
@@ -162,6 +185,7 @@ __all__ = [
     "Status",
     "Verdict",
     "extract_boxed",
+    "extract_boxes",
     "gold_parses",
     "answers_match",
     "grade_answer",
@@ -192,6 +216,7 @@ REASON_LENGTH = "output cut off at the token limit"
 REASON_PRED_UNPARSED = "prediction does not parse"
 REASON_GOLD_UNPARSED = "gold answer does not parse"
 REASON_OTHER_BASE = "written in another number base than the gold"
+REASON_FAITHFUL_ZERO = "the paper's grader scored it 0"
 
 
 @dataclass(frozen=True)
@@ -281,20 +306,51 @@ def extract_boxed(text: str) -> str | None:
 
     Returns the raw content (not stripped of whitespace), ``""`` for ``\\boxed{}``, or None.
     """
-    if "box" not in text:
+    boxes, cut = _scan_boxes(text)
+    if cut or not boxes:
         return None
+    return boxes[-1]
+
+
+def _scan_boxes(text: str) -> tuple[list[str], bool]:
+    """The contents of every complete top-level box of ``text``, in order, and whether the
+    last box command is unbalanced (cut off).
+
+    A box inside another complete box is not top-level (the outer one holds it). An
+    unbalanced box followed by a complete one is dropped (a restart); an unbalanced last
+    box makes ``cut`` True, whatever came before. ``extract_boxed`` is the last element
+    when ``cut`` is False.
+    """
+    if "box" not in text:
+        return [], False
     matches = _brace_matches(text)
-    last: str | None = None
+    boxes: list[str] = []
+    cut = False
     skip_until = 0
     for m in _BOX_CMD.finditer(text):
         if m.start() < skip_until:
             continue  # inside an earlier complete box
         read = _read_box(text, m.end(), matches)
         if read is None:
-            last = None  # unbalanced: only a later complete box can replace it
+            cut = True  # unbalanced: only a later complete box can replace it
             continue
-        last, skip_until = read
-    return last
+        cut = False
+        content, skip_until = read
+        boxes.append(content)
+    return boxes, cut
+
+
+def extract_boxes(text: str) -> list[str] | None:
+    """Return the contents of every complete top-level ``\\boxed{}`` / ``\\fbox{}`` of
+    ``text``, in order; ``[]`` when there is no box, None when the last box is unbalanced
+    (the output was cut off inside it) [design, as ``extract_boxed``].
+
+    A box nested in another complete box is part of the outer one; an unbalanced box
+    followed by a complete one (a restart) is left out. The grader combines these boxes
+    only for a gold answer that is a set or a tuple (override 15). Never raises.
+    """
+    boxes, cut = _scan_boxes(text)
+    return None if cut else boxes
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -818,6 +874,70 @@ def _compare(gold: str, content: str) -> tuple[Status, str]:
     return "wrong", REASON_WRONG
 
 
+# --------------------------------------------------------------------------- several boxes
+
+_PAREN_PAIR = re.compile(r"(?:\\left\s*)?\((.*)(?:\\right\s*)?\)", re.DOTALL)
+
+
+@functools.lru_cache(maxsize=4096)
+def _answer_kind(answer: str) -> Literal["set", "tuple"] | None:
+    """Override 15: ``"set"`` or ``"tuple"`` when ``answer`` holds several values, else None.
+
+    Decided on math-verify's parse of the normalised answer: a finite set of two values or
+    more (``5, 7``, ``\\{5, 7\\}``, ``\\pm 2``, ``6 \\text{ or } 7``) is a set; a tuple of
+    two or more (``(1, 2, 3)``, ``(5, 5)``) is a tuple, and so is an open interval written
+    as a parenthesised pair (``(5, 7)``, ``\\left(5, 7\\right)``), which math-verify reads
+    as the interval but which is an ordered pair as often. Intervals with a bracket,
+    matrices, vectors and single values are not several values.
+    """
+    p = _parse_answer(answer)
+    if p.error is not None or p.refused is not None or not p.items:
+        return None
+    first = next((x for x in p.items if isinstance(x, (sympy.Basic, sympy.MatrixBase))), None)
+    if isinstance(first, sympy.FiniteSet) and len(first) >= 2:
+        return "set"
+    if isinstance(first, sympy.Tuple) and len(first) >= 2:
+        return "tuple"
+    if (
+        isinstance(first, sympy.Interval)
+        and first.left_open
+        and first.right_open
+        and _PAREN_PAIR.fullmatch(_normalise(answer)) is not None
+    ):
+        return "tuple"
+    return None
+
+
+def _combine_boxes(gold: str, boxes: Sequence[str]) -> tuple[str, str | None]:
+    """Override 15: the answer judged for ``boxes`` (every complete box, in order).
+
+    Returns ``(answer, refusal)``. Only for a gold answer that holds several values
+    (:func:`_answer_kind`) and two boxes or more are the boxes combined: into ``a, b, c``
+    for a set, ``(a, b, c)`` for a tuple, each box normalised on its own first (so each is
+    read as it would be alone) and empty boxes left out; otherwise, or when the last box
+    itself holds several values (the model wrote the whole answer in its final box), the
+    last box stands. ``refusal`` is set when one of the combined boxes is refused
+    (overrides 11, 13); the answer is then the boxes joined as written.
+    """
+    last = boxes[-1]
+    if len(boxes) < 2:
+        return last, None
+    kind = _answer_kind(gold)
+    if kind is None or _answer_kind(last) is not None:
+        return last, None
+    parts: list[str] = []
+    for content in boxes:
+        norm, refusal = _normalise_full(content)
+        if refusal is not None:
+            return ", ".join(b.strip() for b in boxes), refusal
+        if norm:
+            parts.append(norm)
+    if len(parts) < 2:
+        return (parts[0] if parts else ""), None
+    joined = ", ".join(parts)
+    return ("(" + joined + ")" if kind == "tuple" else joined), None
+
+
 # --------------------------------------------------------------------------- public API
 
 def gold_parses(gold: str) -> bool:
@@ -839,7 +959,9 @@ def answers_match(gold: str, answer: str) -> bool:
     return _compare(gold, answer)[0] == "correct"
 
 
-def grade_answer(gold: str, output: str, finish_reason: str | None = None) -> Verdict:
+def grade_answer(
+    gold: str, output: str, finish_reason: str | None = None, *, faithful: bool = False
+) -> Verdict:
     """Grade one model ``output`` against ``gold``. Never raises for any output.
 
     Order of checks:
@@ -849,29 +971,54 @@ def grade_answer(gold: str, output: str, finish_reason: str | None = None) -> Ve
        model did not finish [design]. Other finish reasons are not special.
     3. No box, or an unbalanced last box -> ``no_answer`` (see ``extract_boxed``); an empty
        box -> ``no_answer``.
-    4. The box content does not parse -> ``ungradable`` "prediction does not parse"; a
+    4. The answer: the last box; for a gold that is a set or a tuple, every complete box
+       combined (override 15) [issue 13].
+    5. The answer does not parse -> ``ungradable`` "prediction does not parse"; a
        math-verify exception or timeout -> ``ungradable`` with that reason.
-    5. ``verify(gold, pred, allow_set_relation_comp=True)`` [InT], plus the small-value
+    6. ``verify(gold, pred, allow_set_relation_comp=True)`` [InT], plus the small-value
        guard -> ``correct`` / ``wrong``.
+
+    ``faithful=True`` grades as the InT paper's released grader did (module doc, "Faithful
+    mode") [issue 15]: the last box always (step 4 never combines), a complete last box of an
+    output cut off at the length limit is graded (step 2 is skipped), and a verdict that
+    would be ``ungradable`` is ``wrong``, its reason ending "the paper's grader scored it 0".
     """
+    verdict = _grade(gold, output, finish_reason, faithful)
+    if faithful and verdict.status == "ungradable":
+        return Verdict("wrong", f"{verdict.reason}; {REASON_FAITHFUL_ZERO}", verdict.extracted)
+    return verdict
+
+
+def _grade(gold: str, output: str, finish_reason: str | None, faithful: bool) -> Verdict:
     if not gold_parses(gold):
         return Verdict("ungradable", REASON_GOLD_UNPARSED, None)
-    if finish_reason == "length":
+    if finish_reason == "length" and not faithful:
         return Verdict("no_answer", REASON_LENGTH, None)
-    content = extract_boxed(output)
-    if content is None:
-        has_box = _BOX_CMD.search(output) is not None
-        return Verdict("no_answer", REASON_UNBALANCED if has_box else REASON_NO_BOX, None)
+    boxes, cut = _scan_boxes(output)
+    if cut or not boxes:
+        return Verdict("no_answer", REASON_UNBALANCED if cut else REASON_NO_BOX, None)
+    if faithful:
+        content, refusal = boxes[-1], None
+    else:
+        content, refusal = _combine_boxes(gold, boxes)
+    if refusal is not None:
+        return Verdict("ungradable", f"{REASON_PRED_UNPARSED}: {refusal}", content)
     status, reason = _compare(gold, content)
     if status == "no_answer":
         return Verdict(status, reason, None)
     return Verdict(status, reason, content)
 
 
-def grade_many(pairs: Sequence[tuple[str, str, str | None]]) -> list[Verdict]:
-    """Grade ``(gold, output, finish_reason)`` triples, in order.
+def grade_many(
+    pairs: Sequence[tuple[str, str, str | None]], *, faithful: bool = False
+) -> list[Verdict]:
+    """Grade ``(gold, output, finish_reason)`` triples, in order (``faithful`` as in
+    :func:`grade_answer`). Never raises.
 
     A simple loop for now; comparisons are memoised per (gold, extracted box content) in
     a bounded module-level LRU cache, and parses per answer string.
     """
-    return [grade_answer(gold, output, finish_reason) for gold, output, finish_reason in pairs]
+    return [
+        grade_answer(gold, output, finish_reason, faithful=faithful)
+        for gold, output, finish_reason in pairs
+    ]

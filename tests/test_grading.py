@@ -776,3 +776,83 @@ def test_override_14_number_bases(gold, pred, status):
 
 def test_override_14_math_verify_drops_the_base():
     assert _raw_mv("52_8", "52_5") is True
+
+
+# ----------------------------------------------------------------------------- issue 13
+# Issue 13 ("Nothing lost, nothing silent"), item 5: each reported case with its kind.
+
+# override 15: several boxes are combined only for a gold that is a set or a tuple
+SEVERAL_BOXES_CASES = [
+    # the reported case, and the same values in the other order (a set is unordered)
+    ("5, 7", r"the two solutions are \boxed{5} and \boxed{7}", "correct", "5, 7"),
+    ("7, 5", r"the two solutions are \boxed{5} and \boxed{7}", "correct", "5, 7"),
+    (r"\{5, 7\}", r"\boxed{7} and \boxed{5}", "correct", "7, 5"),
+    (r"\pm 2", r"x = \boxed{2} or x = \boxed{-2}", "correct", "2, -2"),
+    ("5, 7", r"\boxed{x = 5} and \boxed{x = 7}", "correct", "x = 5, x = 7"),
+    # a tuple is ordered; (5, 7) is read as a pair, not only as an open interval
+    ("(5, 7)", r"\boxed{5} and \boxed{7}", "correct", "(5, 7)"),
+    ("(5, 7)", r"\boxed{7} and \boxed{5}", "wrong", "(7, 5)"),
+    ("(1, 2, 3)", r"\boxed{1}, \boxed{2}, \boxed{3}", "correct", "(1, 2, 3)"),
+    ("(1, 2, 3)", r"\boxed{1}, \boxed{3}, \boxed{2}", "wrong", "(1, 3, 2)"),
+    # three boxes
+    ("5, 7, 9", r"\boxed{5}, \boxed{7} and \boxed{9}", "correct", "5, 7, 9"),
+    ("5, 7", r"\boxed{5}, \boxed{7} and \boxed{9}", "wrong", "5, 7, 9"),
+    ("5, 7, 9", r"\boxed{5} and \boxed{7}", "wrong", "5, 7"),
+    # a repeated box: a set takes it once, a tuple keeps it
+    ("5, 7", r"\boxed{5}, \boxed{7}, and again \boxed{7}", "correct", "5, 7, 7"),
+    ("5, 7", r"\boxed{5} and \boxed{5}", "wrong", "5, 5"),
+    ("(5, 5)", r"\boxed{5} and \boxed{5}", "correct", "(5, 5)"),
+    ("(5, 7)", r"\boxed{5}, \boxed{7}, and again \boxed{7}", "wrong", "(5, 7, 7)"),
+    # one box holding every value: the last box stands when it holds several values
+    ("5, 7", r"\boxed{5, 7}", "correct", "5, 7"),
+    ("5, 7", r"\boxed{5} and \boxed{7}, so \boxed{5, 7}", "correct", "5, 7"),
+    ("(5, 7)", r"\boxed{5} and \boxed{7}, so \boxed{(5, 7)}", "correct", "(5, 7)"),
+    ("5, 7", r"first \boxed{1, 2}, then \boxed{5} and \boxed{7}", "wrong", "1, 2, 5, 7"),
+    # a gold with one value: the last box stands
+    ("7", r"the two solutions are \boxed{5} and \boxed{7}", "correct", "7"),
+    ("5", r"the two solutions are \boxed{5} and \boxed{7}", "wrong", "7"),
+    ("[5, 7]", r"\boxed{5} and \boxed{7}", "wrong", "7"),  # an interval with a bracket
+    # each box is read as it would be alone (overrides 4 and 11), empty boxes are skipped
+    ("1000, 2000", r"\boxed{1\,000} and \boxed{2\,000}", "correct", "1000, 2000"),
+    ("6, 7", r"\boxed{\text{6 marbles}} and \boxed{7}", "correct", "6, 7"),
+    ("5, 7", r"\boxed{} \boxed{5} \boxed{7}", "correct", "5, 7"),
+    ("6, 7", r"\boxed{\text{6 or more}} and \boxed{7}", "ungradable", r"\text{6 or more}, 7"),
+    # boxes that are cut off: an unbalanced last box is no answer, an earlier one is dropped
+    ("5, 7", r"\boxed{5} and \boxed{7", "no_answer", None),
+    ("5, 7", r"\boxed{5} and \boxed{", "no_answer", None),
+    ("5, 7", r"\boxed{5} and \boxed{7 -- no, restart: \boxed{7}", "correct", "5, 7"),
+]
+
+
+@pytest.mark.parametrize("gold, output, status, extracted", SEVERAL_BOXES_CASES)
+def test_override_15_several_boxes(gold, output, status, extracted):
+    v = grade_answer(gold, output)
+    assert (v.status, v.extracted) == (status, extracted)
+
+
+def test_override_15_last_box_alone_is_wrong_and_math_verify_joins_every_box():
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    cfg = [LatexExtractionConfig(), ExprExtractionConfig()]
+    out = r"the two solutions are \boxed{5} and \boxed{7}"
+    assert _raw_mv("5, 7", "7") is False  # the last box alone (the paper's grader)
+    # math-verify on the whole text joins every box, whatever the gold: wrong for gold 7
+    assert verify(parse(r"\boxed{5, 7}", cfg), parse(out, cfg)) is True
+    assert verify(parse(r"\boxed{7}", cfg), parse(out, cfg)) is False
+    assert grade_answer("7", out).status == "correct"
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        (r"\boxed{5} and \boxed{7}", ["5", "7"]),
+        (r"\boxed{\boxed{5}} and \boxed 7", [r"\boxed{5}", "7"]),  # nested: the outer box
+        (r"\boxed{5} and \boxed{7", None),  # cut off
+        (r"\boxed{5 oops \boxed{6}", ["6"]),  # an unbalanced box before a complete one
+        ("no box", []),
+    ],
+)
+def test_extract_boxes(output, expected):
+    assert grading.extract_boxes(output) == expected
+    if expected:
+        assert extract_boxed(output) == expected[-1]

@@ -107,3 +107,11 @@ def test_issue4_case_11_pool_from_four_threads_gives_the_serial_verdicts():
     assert len(results) == 4
     for i in range(4):
         assert results[i] == serial
+
+
+def test_several_boxes_reach_the_workers(grader):
+    """Override 15: the pool keeps every box, so a set or tuple gold is judged on all of them."""
+    out = r"the two solutions are \boxed{5} and \boxed{7}"
+    triples = [("5, 7", out, None), ("(5, 7)", out, None), ("7", out, None), ("5", out, None)]
+    assert [v.status for v in grader.grade_many(triples)] == ["correct", "correct", "correct", "wrong"]
+    assert grader.grade_many(triples) == [grade_answer(*t) for t in triples]
