@@ -138,8 +138,21 @@ Policy overrides of math-verify (each has a test in tests/test_grading.py):
     math-verify on a whole text joins every box whatever the gold (so gold ``7`` with
     ``\\boxed{5} and \\boxed{7}`` is wrong there); intgen joins only for a set or tuple
     gold. Limitation: an intermediate result boxed before the answers is combined too.
+16. Complex numbers with decimals [issue 13; measured]: gold ``14-i`` with
+    ``\\boxed{14.0 + -1.0i}`` was wrong. math-verify treats every symbol of an answer as
+    complex (not real) only when the answer holds a standalone ``i`` (its
+    ``should_treat_as_complex``); in ``1.0i`` or ``2i`` the ``i`` follows a digit, is not
+    seen, and becomes a real symbol ``i``, a different symbol from the ``i`` of ``14-i``.
+    So ``-i`` differed from ``-1.0i`` and ``14-i`` from ``14-1i`` (``3+2i`` equalled
+    ``3.0+2.0i`` only because neither side had a standalone ``i``). An ``i`` right after a
+    digit, outside ``\\text{}``, gets a space first (``1.0i`` -> ``1.0 i``), so both sides
+    see the same complex unit; ``+ -`` was already read as ``-``. Also, math-verify
+    compares a bare symbol with anything only by name (``i`` vs ``1.0 i``, ``x`` vs
+    ``1.0x`` were wrong); when one side is a bare symbol and the other an expression,
+    intgen also accepts an exact difference of zero. ``i`` stays a symbol, as in
+    math-verify (``i^2`` is not -1); ``j`` is not an imaginary unit.
 
-Overrides 4-13 apply to gold answers and predictions alike. On the 5,143 distinct gold
+Overrides 4-13 and 16 apply to gold answers and predictions alike. On the 5,143 distinct gold
 answers of MATH (train and test), MATH-500, GSM8K and OlympiadBench, overrides 8-13
 change the parse of five, each a fix (``4t``, ``6m``, ``2s`` were read as numbers;
 ``a + b + c`` and ``\\sin^2 t`` did not parse), every parseable gold equals its own box,
@@ -446,6 +459,9 @@ _VALUE_WORDS = frozenset(
 )
 _VALUE_WORDS_FIRST_ONLY = frozenset({"squared", "cubed"})  # "6 meters squared" is a unit
 
+# override 16: the imaginary unit right after a digit (``2i``, ``1.0i``).
+_DIGIT_I = re.compile(r"(?<=\d)i(?![A-Za-z])")
+
 # override 12: single letters that math-verify's unit list would strip after a number.
 _TRAILING_LETTER = re.compile(r"(?<=[\d}\s])(\s*)([tshclgmdo]|ab|bc)(\s*)$")
 _DEGREE_SCALE = re.compile(
@@ -652,6 +668,7 @@ def _normalise_full(answer: str) -> tuple[str, str | None]:
         s = m.group(1) + "\\times 10^{" + m.group(2) + "}"
     s = _outside_text(s, lambda part: _MIXED_NUMBER.sub(_mixed, part))
     s = _outside_text(s, _plain_functions)
+    s = _outside_text(s, lambda part: _DIGIT_I.sub(" i", part))
     s = _DEGREE_SCALE.sub(r"\1", s)
     s = _TRAILING_LETTER.sub(r"\1{\2}\3", s)
     return s, _dropped_words(s)
@@ -814,6 +831,26 @@ def _small_value_guard_rejects(g, p, gold_half_ulp: sympy.Float | None = None) -
         return False
 
 
+def _symbol_equals_expression(g, p) -> bool:
+    """Override 16: True when one side is a bare symbol and the other an expression whose
+    exact difference from it is zero (``i`` and ``1.0 i``; ``x`` and ``1.0x``).
+
+    math-verify compares a bare symbol with anything only by name or as a product of
+    letters (for text answers such as ``\\text{Evelyn}``), never by value.
+    """
+    if isinstance(g, sympy.Symbol) == isinstance(p, sympy.Symbol):
+        return False
+    other = p if isinstance(g, sympy.Symbol) else g
+    if not isinstance(other, sympy.Expr) or isinstance(other, sympy.logic.boolalg.Boolean):
+        return False
+    if not other.free_symbols:
+        return False
+    try:
+        return bool(sympy.expand(g - p).is_zero)
+    except Exception:  # noqa: BLE001 - undecidable: leave math-verify's verdict
+        return False
+
+
 _BASE_NUMBER = re.compile(r"-?\d+(?:\.\d+)?_(?:(\d)|\{\s*(\d+)\s*\})")
 
 
@@ -862,6 +899,8 @@ def _compare(gold: str, content: str) -> tuple[Status, str]:
         except Exception as e:  # noqa: BLE001
             errors.append(f"math-verify error while comparing: {type(e).__name__}: {e}"[:200])
             continue
+        if not ok and _symbol_equals_expression(g, p):
+            return "correct", REASON_CORRECT
         if ok:
             if _small_value_guard_rejects(g, p, half_ulp):
                 guarded = True

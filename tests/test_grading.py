@@ -856,3 +856,56 @@ def test_extract_boxes(output, expected):
     assert grading.extract_boxes(output) == expected
     if expected:
         assert extract_boxed(output) == expected[-1]
+
+
+# override 16: complex numbers written with decimals, a unit coefficient or "+ -"
+@pytest.mark.parametrize(
+    "gold, pred, status",
+    [
+        ("14-i", "14.0 + -1.0i", "correct"),  # the reported case
+        ("14-i", "14.0-1.0i", "correct"),
+        ("14-i", "14 - 1.0i", "correct"),
+        ("14-i", "14-1i", "correct"),
+        ("14-i", "14 + -i", "correct"),
+        ("14-i", r"14.0 + -1.0\mathrm{i}", "correct"),
+        ("3+2i", "3.0+2.0i", "correct"),
+        ("3+2i", "2i+3", "correct"),
+        ("-i", "-1.0i", "correct"),
+        ("i", "1.0i", "correct"),  # a bare symbol: math-verify compares it by name only
+        ("2i", "2.0i", "correct"),
+        (r"\frac{5}{2}-\frac{1}{2}i", "2.5-0.5i", "correct"),
+        ("2.5-0.5i", r"\frac{5}{2}-\frac{1}{2}i", "correct"),
+        ("1+i", r"\frac{2+2i}{2}", "correct"),
+        ("3i, -3i", "-3.0i, 3.0i", "correct"),
+        ("x", "1.0x", "correct"),  # the same rule for any bare symbol
+        # wrong stays wrong
+        ("14-i", "14.0 + 1.0i", "wrong"),
+        ("14-i", "14.0 + -2.0i", "wrong"),
+        ("14-i", "-14.0 + -1.0i", "wrong"),
+        ("14-i", "14.1 + -1.0i", "wrong"),
+        ("14-i", "14", "wrong"),
+        ("14", "14.0 + -1.0i", "wrong"),
+        ("-i", "1.0i", "wrong"),
+        ("i", "1.0000001i", "wrong"),
+        ("3+2i", "2.0+3.0i", "wrong"),
+        ("3+2i", "3.0+2.0j", "wrong"),
+        ("2.5-0.5i", r"\frac{5}{2}+\frac{1}{2}i", "wrong"),
+        ("x", "1.0y", "wrong"),
+    ],
+)
+def test_override_16_complex_numbers_with_decimals(gold, pred, status):
+    assert grade_answer(gold, boxed(pred)).status == status
+
+
+def test_override_16_math_verify_reads_two_different_units():
+    from math_verify import LatexExtractionConfig, parse
+
+    assert _raw_mv("14-i", "14.0 + -1.0i") is False
+    assert _raw_mv("-i", "-1.0i") is False
+    assert _raw_mv("i", "1.0i") is False
+    # "14-i" holds a standalone i (a complex unit, not real); in "1.0i" the i follows a
+    # digit, is not seen as complex and is a real symbol: two different symbols
+    (gold,) = [x for x in parse(r"\boxed{14-i}", [LatexExtractionConfig()]) if not isinstance(x, str)]
+    (pred,) = [x for x in parse(r"\boxed{14.0 + -1.0i}", [LatexExtractionConfig()]) if not isinstance(x, str)]
+    assert {s.is_real for s in gold.free_symbols} == {False}
+    assert {s.is_real for s in pred.free_symbols} == {True}
