@@ -151,8 +151,18 @@ Policy overrides of math-verify (each has a test in tests/test_grading.py):
     ``1.0x`` were wrong); when one side is a bare symbol and the other an expression,
     intgen also accepts an exact difference of zero. ``i`` stays a symbol, as in
     math-verify (``i^2`` is not -1); ``j`` is not an imaginary unit.
+17. Unbalanced answers do not parse [issue 13]: gold ``\\frac{1}{2`` was accepted, since
+    wrapped as ``\\boxed{\\frac{1}{2}`` math-verify still reads 1/2 (and ``1}`` as 1,
+    ``\\frac{1}{2}}`` as 1/2). An answer whose braces ``{ }``, ``\\left``/``\\right``,
+    ``\\begin{X}``/``\\end{X}`` (by name) or round and square brackets (counted together,
+    since intervals mix them: ``(0, 1]``) do not close, or close before they open, does
+    not parse, so such a gold is rejected before any model call (``gold_parses``).
+    Escaped braces ``\\{ \\}`` are not braces; the delimiter after ``\\left``/``\\right``
+    is theirs (``\\left[0, 1\\right)``, ``\\left. x \\right|`` are balanced). A box content
+    is brace-balanced by construction; math-verify already rejected a prediction with
+    unbalanced brackets (``(1, 2``). Limitation: ``]0, 1[`` is refused.
 
-Overrides 4-13 and 16 apply to gold answers and predictions alike. On the 5,143 distinct gold
+Overrides 4-13, 16 and 17 apply to gold answers and predictions alike. On the 5,143 distinct gold
 answers of MATH (train and test), MATH-500, GSM8K and OlympiadBench, overrides 8-13
 change the parse of five, each a fix (``4t``, ``6m``, ``2s`` were read as numbers;
 ``a + b + c`` and ``\\sin^2 t`` did not parse), every parseable gold equals its own box,
@@ -168,7 +178,7 @@ Gold wrapping: both gold answers and box contents are parsed as ``\\boxed{...}``
 ``$...$``. The two wrappers give the same parse on every case measured except that
 ``$...$`` breaks when the answer itself holds a ``$`` (``\\$5``, ``\\text{costs $5}``), while
 the boxed extractor takes exactly the brace-balanced content. Box contents are
-brace-balanced by construction; a gold with unbalanced braces does not parse.
+brace-balanced by construction; a gold with unbalanced braces does not parse (override 17).
 
 Timeouts: math-verify's own timeouts use ``signal.alarm``, which only works in the main
 thread; off the main thread intgen passes ``None`` (no timeout) so that it never raises
@@ -707,6 +717,61 @@ def _dropped_words(s: str) -> str | None:
     return None
 
 
+_BALANCE_TOKENS = re.compile(
+    r"\\(?:left|right)(?![A-Za-z])\s*(?:\\[A-Za-z]+|\\.|.)?"  # \left( \right. \left\{
+    r"|\\(begin|end)\s*\{([^{}]*)\}"
+    r"|\\[A-Za-z]+|\\.|[{}()\[\]]",
+    re.DOTALL,
+)
+
+
+def _unbalanced(answer: str) -> str | None:
+    """Override 17: what is unbalanced in ``answer``, or None when everything closes.
+
+    Checked in one linear pass: braces ``{ }`` (escaped ``\\{ \\}`` are not braces),
+    ``\\left``/``\\right`` (with their delimiters, so ``\\left[ ... \\right)`` and
+    ``\\left. ... \\right|`` are fine), ``\\begin{X}``/``\\end{X}`` by name, and round
+    and square brackets counted together (intervals mix them: ``(0, 1]``): each closer
+    must have an opener before it and every opener must be closed.
+    """
+    braces = brackets = lr = 0
+    envs: list[str] = []
+    for m in _BALANCE_TOKENS.finditer(answer):
+        tok = m.group(0)
+        if m.group(1) == "begin":
+            envs.append(m.group(2).strip())
+        elif m.group(1) == "end":
+            if not envs or envs.pop() != m.group(2).strip():
+                return "unbalanced \\begin/\\end"
+        elif tok.startswith("\\left") and not tok[5:6].isalpha():
+            lr += 1
+        elif tok.startswith("\\right") and not tok[6:7].isalpha():
+            lr -= 1
+            if lr < 0:
+                return "unbalanced \\left/\\right"
+        elif tok == "{":
+            braces += 1
+        elif tok == "}":
+            braces -= 1
+            if braces < 0:
+                return "unbalanced braces"
+        elif tok in "([":
+            brackets += 1
+        elif tok in ")]":
+            brackets -= 1
+            if brackets < 0:
+                return "unbalanced brackets"
+    if braces:
+        return "unbalanced braces"
+    if lr:
+        return "unbalanced \\left/\\right"
+    if envs:
+        return "unbalanced \\begin/\\end"
+    if brackets:
+        return "unbalanced brackets"
+    return None
+
+
 def _normalise(answer: str) -> str:
     """The normalised form of ``answer`` (see :func:`_normalise_full`)."""
     return _normalise_full(answer)[0]
@@ -741,6 +806,8 @@ def _parse_answer(answer: str) -> _Parsed:
     LaTeX extraction on ``\\boxed{answer}`` first; plain-expression extraction only when
     its match covers the whole answer (override 2). Never raises.
     """
+    if _unbalanced(answer) is not None:
+        return _Parsed((), None)  # override 17: never read a part of it
     s, refusal = _normalise_full(answer)
     if not s:
         return _Parsed((), None)
@@ -980,10 +1047,11 @@ def _combine_boxes(gold: str, boxes: Sequence[str]) -> tuple[str, str | None]:
 # --------------------------------------------------------------------------- public API
 
 def gold_parses(gold: str) -> bool:
-    """True when math-verify yields a sympy object for ``gold`` [design].
+    """True when math-verify yields a sympy object for ``gold`` [design]. Never raises.
 
-    The gold is normalised and parsed exactly as a box content would be (see module doc).
-    The runner calls this to reject a problem before any model call.
+    The gold is normalised and parsed exactly as a box content would be (see module doc);
+    an unbalanced gold (``\\frac{1}{2``) does not parse (override 17) [issue 13]. The
+    runner calls this to reject a problem before any model call.
     """
     p = _parse_answer(gold)
     return p.error is None and _has_sympy(p.items)

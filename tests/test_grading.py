@@ -909,3 +909,52 @@ def test_override_16_math_verify_reads_two_different_units():
     (pred,) = [x for x in parse(r"\boxed{14.0 + -1.0i}", [LatexExtractionConfig()]) if not isinstance(x, str)]
     assert {s.is_real for s in gold.free_symbols} == {False}
     assert {s.is_real for s in pred.free_symbols} == {True}
+
+
+# override 17: an unbalanced answer does not parse (a gold is rejected before any model call)
+@pytest.mark.parametrize(
+    "gold, ok",
+    [
+        (r"\frac{1}{2", False),  # the reported case
+        (r"\sqrt{2", False),
+        ("{1", False),
+        ("1}", False),
+        (r"\frac{1}{2}}", False),
+        (r"\left(1", False),
+        (r"\left(1, 2\right", False),
+        (r"1\right)", False),
+        (r"\begin{pmatrix}1\\2", False),
+        (r"\begin{pmatrix}1\\2\end{bmatrix}", False),
+        ("(1, 2", False),
+        ("1, 2)", False),
+        ("]0, 1[", False),
+        # balanced ones stay valid
+        (r"\frac{1}{2}", True),
+        (r"\sqrt{2}", True),
+        ("{1}", True),
+        (r"\left(1, 2\right)", True),
+        (r"\left[1, 2\right)", True),  # \left and \right with different delimiters
+        ("(0, 1]", True),  # an interval mixes bracket kinds
+        ("[1, 2)", True),
+        (r"\{1, 2\}", True),  # escaped braces are not braces
+        (r"\begin{pmatrix}1\\2\end{pmatrix}", True),
+        (r"x \in \left[ 0, 1 \right]", True),
+        (r"\text{(A)}", True),
+    ],
+)
+def test_override_17_unbalanced_gold_is_rejected(gold, ok):
+    assert gold_parses(gold) is ok
+    if not ok:
+        assert grade_answer(gold, boxed("1")) == Verdict("ungradable", "gold answer does not parse", None)
+        assert answers_match(gold, gold) is False
+
+
+def test_override_17_math_verify_reads_unbalanced_golds():
+    from math_verify import LatexExtractionConfig, parse
+
+    cfg = [LatexExtractionConfig()]
+    # wrapped as \boxed{...}, a missing or an extra closing brace still yields a value
+    assert [x for x in parse("\\boxed{" + r"\frac{1}{2" + "}", cfg) if not isinstance(x, str)] != []
+    assert _raw_mv(r"\frac{1}{2", "0.5") is True
+    assert _raw_mv("1}", "1") is True
+    assert _raw_mv(r"\frac{1}{2}}", "0.5") is True
