@@ -958,3 +958,90 @@ def test_override_17_math_verify_reads_unbalanced_golds():
     assert _raw_mv(r"\frac{1}{2", "0.5") is True
     assert _raw_mv("1}", "1") is True
     assert _raw_mv(r"\frac{1}{2}}", "0.5") is True
+
+
+# override 18: integers compare exactly whatever their length
+_LONG = "1" + "2" * 199_999  # 200,000 digits
+
+
+def _other_last_digit(n: str) -> str:
+    return n[:-1] + str((int(n[-1]) + 1) % 10)
+
+
+def _grouped_digits(n: str) -> str:
+    head = len(n) % 3 or 3
+    return "{,}".join([n[:head]] + [n[i : i + 3] for i in range(head, len(n), 3)])
+
+
+@pytest.mark.parametrize(
+    "gold, pred, status",
+    [
+        (_LONG, _LONG, "correct"),  # the reported case
+        (_LONG, _other_last_digit(_LONG), "wrong"),  # one digit off
+        (_LONG, _LONG[:100_000] + "3" + _LONG[100_001:], "wrong"),  # one digit off, mid-way
+        (_LONG, _LONG[:-1], "wrong"),  # one digit fewer
+        (_LONG, "00" + _LONG, "correct"),  # leading zeros
+        (_LONG, "+" + _LONG, "correct"),
+        ("-" + _LONG, "-" + _LONG, "correct"),  # negative
+        ("-" + _LONG, _LONG, "wrong"),
+        (_LONG, _grouped_digits(_LONG), "correct"),  # digit grouping (override 4)
+        (_LONG, "$" + _LONG + "$", "correct"),
+        (_LONG, "5", "wrong"),  # very long vs short
+        ("5", _LONG, "wrong"),
+        (r"\frac{10}{2}", _LONG, "wrong"),
+        (_LONG, r"\frac{1}{2}", "wrong"),
+        (_LONG, "x", "wrong"),
+        # a long integer against an expression: equal only to its exact value
+        ("1" + "0" * 200_000, "10^{200000}", "correct"),
+        ("1" + "0" * 200_000, "10^{199999}", "wrong"),
+        ("1" + "0" * 5000, r"1.0 \times 10^{5000}", "correct"),
+        ("1" + "2" * 1500, r"\frac{2" + "4" * 1500 + "}{2}", "correct"),
+        # short integers: the same verdicts as math-verify
+        ("007", "7", "correct"),
+        ("-0", "0", "correct"),
+        ("+5", "5", "correct"),
+        ("5", "6", "wrong"),
+    ],
+)
+def test_override_18_long_integers(gold, pred, status):
+    import time
+
+    start = time.perf_counter()
+    v = grade_answer(gold, boxed(pred))
+    assert v.status == status
+    assert v.reason == {"correct": "matches gold", "wrong": "does not match gold"}[status]
+    assert time.perf_counter() - start < 3.0
+    assert gold_parses(gold)
+
+
+def test_override_18_plain_integers_never_reach_math_verify(monkeypatch, fresh_caches):
+    import sys
+
+    def boom(*args, **kwargs):
+        raise AssertionError("math-verify was called")
+
+    monkeypatch.setattr(grading, "parse", boom)
+    monkeypatch.setattr(grading, "verify", boom)
+    assert sys.get_int_max_str_digits() in (0, 4300)  # the limit is in force (0: none)
+    assert gold_parses(_LONG)
+    assert grade_answer(_LONG, boxed(_LONG)).status == "correct"
+    assert grade_answer(_LONG, boxed(_other_last_digit(_LONG))).status == "wrong"
+    assert grade_answer(_LONG, boxed("-" + _LONG)).status == "wrong"
+    # short integers still go through math-verify, as before
+    assert grade_answer("12", boxed("012")).status == "ungradable"
+
+
+def test_override_18_math_verify_cannot_read_long_integers():
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    with pytest.raises(ValueError):
+        int(_LONG)  # Python's int-string limit (4300 digits by default)
+    n = _LONG[:10_000]  # past the limit too, and quicker for math-verify's parser
+    # no value, only the string: equal texts match, equal numbers written otherwise do not
+    parsed = parse("\\boxed{" + n + "}", [LatexExtractionConfig(), ExprExtractionConfig()])
+    assert all(isinstance(x, str) for x in parsed)
+    assert _raw_mv(n, "00" + n) is False
+    assert _raw_mv(n, _grouped_digits(n)) is False
+    # and intgen's parse (used before override 18) finds no value: ungradable
+    assert grading._parse_answer(n).items == ()
+    assert grade_answer(n, boxed("00" + n)).status == "correct"
