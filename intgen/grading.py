@@ -180,6 +180,28 @@ change the parse of five, each a fix (``4t``, ``6m``, ``2s`` were read as number
 ``a + b + c`` and ``\\sin^2 t`` did not parse), every parseable gold equals its own box,
 and every MATH test solution's last box equals its gold.
 
+Faithful mode [issue 15; InT]: ``grade_answer(..., faithful=True)`` (and the same keyword
+of ``grade_many`` and of ``GradingPool``) grades as the paper's released grader did. That
+grader took the last ``\\boxed{...}`` of the output with brace matching, whether or not the
+output was cut at the length limit (none: score 0), wrapped gold and answer as
+``\\boxed{...}``, compared them with math-verify's ``math_metric`` (LaTeX and expression
+extraction on both sides) in a process killed after 10 s (score 0), and scored anything
+but a match 0. So, in faithful mode:
+
+* the last complete box is the answer, always: several boxes are never combined
+  (override 15 is off);
+* ``finish_reason == "length"`` is not special: a complete last box of a cut-off output is
+  graded (a cut-off last box, or no box, is still ``no_answer``, which scores 0 too);
+* a verdict that would be ``ungradable`` (the answer or the gold does not parse,
+  math-verify failed or timed out, the pool's time limit passed) is ``wrong``, its
+  reason followed by "; the paper's grader scored it 0", so that such a rollout counts
+  as failed (and gets proposals) as it did in the paper.
+
+Everything else is as in the default mode, overrides included: they correct verdicts
+math-verify is known to get wrong, and faithful mode reproduces the paper's policy, not
+those errors. The time limit is the pool's (``GradingPool``'s default 10 s, as in the
+paper); in process, math-verify's own 5 s alarms for parsing and for comparing apply.
+
 Handled by math-verify itself (tested, not overridden): ``\\dfrac``/``\\tfrac``;
 ``\\text{...}`` units after a number (``5 \\text{ cm}`` == 5); ``1,000`` == 1000;
 ``50\\%`` vs ``50`` and ``0.5``; ``\\text{Evelyn}`` vs ``Evelyn``; ``\\pm 2021`` vs

@@ -859,40 +859,40 @@ def test_extract_boxes(output, expected):
 
 
 # override 16: complex numbers written with decimals, a unit coefficient or "+ -"
-@pytest.mark.parametrize(
-    "gold, pred, status",
-    [
-        ("14-i", "14.0 + -1.0i", "correct"),  # the reported case
-        ("14-i", "14.0-1.0i", "correct"),
-        ("14-i", "14 - 1.0i", "correct"),
-        ("14-i", "14-1i", "correct"),
-        ("14-i", "14 + -i", "correct"),
-        ("14-i", r"14.0 + -1.0\mathrm{i}", "correct"),
-        ("3+2i", "3.0+2.0i", "correct"),
-        ("3+2i", "2i+3", "correct"),
-        ("-i", "-1.0i", "correct"),
-        ("i", "1.0i", "correct"),  # a bare symbol: math-verify compares it by name only
-        ("2i", "2.0i", "correct"),
-        (r"\frac{5}{2}-\frac{1}{2}i", "2.5-0.5i", "correct"),
-        ("2.5-0.5i", r"\frac{5}{2}-\frac{1}{2}i", "correct"),
-        ("1+i", r"\frac{2+2i}{2}", "correct"),
-        ("3i, -3i", "-3.0i, 3.0i", "correct"),
-        ("x", "1.0x", "correct"),  # the same rule for any bare symbol
-        # wrong stays wrong
-        ("14-i", "14.0 + 1.0i", "wrong"),
-        ("14-i", "14.0 + -2.0i", "wrong"),
-        ("14-i", "-14.0 + -1.0i", "wrong"),
-        ("14-i", "14.1 + -1.0i", "wrong"),
-        ("14-i", "14", "wrong"),
-        ("14", "14.0 + -1.0i", "wrong"),
-        ("-i", "1.0i", "wrong"),
-        ("i", "1.0000001i", "wrong"),
-        ("3+2i", "2.0+3.0i", "wrong"),
-        ("3+2i", "3.0+2.0j", "wrong"),
-        ("2.5-0.5i", r"\frac{5}{2}+\frac{1}{2}i", "wrong"),
-        ("x", "1.0y", "wrong"),
-    ],
-)
+COMPLEX_CASES = [
+    ("14-i", "14.0 + -1.0i", "correct"),  # the reported case
+    ("14-i", "14.0-1.0i", "correct"),
+    ("14-i", "14 - 1.0i", "correct"),
+    ("14-i", "14-1i", "correct"),
+    ("14-i", "14 + -i", "correct"),
+    ("14-i", r"14.0 + -1.0\mathrm{i}", "correct"),
+    ("3+2i", "3.0+2.0i", "correct"),
+    ("3+2i", "2i+3", "correct"),
+    ("-i", "-1.0i", "correct"),
+    ("i", "1.0i", "correct"),  # a bare symbol: math-verify compares it by name only
+    ("2i", "2.0i", "correct"),
+    (r"\frac{5}{2}-\frac{1}{2}i", "2.5-0.5i", "correct"),
+    ("2.5-0.5i", r"\frac{5}{2}-\frac{1}{2}i", "correct"),
+    ("1+i", r"\frac{2+2i}{2}", "correct"),
+    ("3i, -3i", "-3.0i, 3.0i", "correct"),
+    ("x", "1.0x", "correct"),  # the same rule for any bare symbol
+    # wrong stays wrong
+    ("14-i", "14.0 + 1.0i", "wrong"),
+    ("14-i", "14.0 + -2.0i", "wrong"),
+    ("14-i", "-14.0 + -1.0i", "wrong"),
+    ("14-i", "14.1 + -1.0i", "wrong"),
+    ("14-i", "14", "wrong"),
+    ("14", "14.0 + -1.0i", "wrong"),
+    ("-i", "1.0i", "wrong"),
+    ("i", "1.0000001i", "wrong"),
+    ("3+2i", "2.0+3.0i", "wrong"),
+    ("3+2i", "3.0+2.0j", "wrong"),
+    ("2.5-0.5i", r"\frac{5}{2}+\frac{1}{2}i", "wrong"),
+    ("x", "1.0y", "wrong"),
+]
+
+
+@pytest.mark.parametrize("gold, pred, status", COMPLEX_CASES)
 def test_override_16_complex_numbers_with_decimals(gold, pred, status):
     assert grade_answer(gold, boxed(pred)).status == status
 
@@ -912,36 +912,36 @@ def test_override_16_math_verify_reads_two_different_units():
 
 
 # override 17: an unbalanced answer does not parse (a gold is rejected before any model call)
-@pytest.mark.parametrize(
-    "gold, ok",
-    [
-        (r"\frac{1}{2", False),  # the reported case
-        (r"\sqrt{2", False),
-        ("{1", False),
-        ("1}", False),
-        (r"\frac{1}{2}}", False),
-        (r"\left(1", False),
-        (r"\left(1, 2\right", False),
-        (r"1\right)", False),
-        (r"\begin{pmatrix}1\\2", False),
-        (r"\begin{pmatrix}1\\2\end{bmatrix}", False),
-        ("(1, 2", False),
-        ("1, 2)", False),
-        ("]0, 1[", False),
-        # balanced ones stay valid
-        (r"\frac{1}{2}", True),
-        (r"\sqrt{2}", True),
-        ("{1}", True),
-        (r"\left(1, 2\right)", True),
-        (r"\left[1, 2\right)", True),  # \left and \right with different delimiters
-        ("(0, 1]", True),  # an interval mixes bracket kinds
-        ("[1, 2)", True),
-        (r"\{1, 2\}", True),  # escaped braces are not braces
-        (r"\begin{pmatrix}1\\2\end{pmatrix}", True),
-        (r"x \in \left[ 0, 1 \right]", True),
-        (r"\text{(A)}", True),
-    ],
-)
+UNBALANCED_GOLD_CASES = [
+    (r"\frac{1}{2", False),  # the reported case
+    (r"\sqrt{2", False),
+    ("{1", False),
+    ("1}", False),
+    (r"\frac{1}{2}}", False),
+    (r"\left(1", False),
+    (r"\left(1, 2\right", False),
+    (r"1\right)", False),
+    (r"\begin{pmatrix}1\\2", False),
+    (r"\begin{pmatrix}1\\2\end{bmatrix}", False),
+    ("(1, 2", False),
+    ("1, 2)", False),
+    ("]0, 1[", False),
+    # balanced ones stay valid
+    (r"\frac{1}{2}", True),
+    (r"\sqrt{2}", True),
+    ("{1}", True),
+    (r"\left(1, 2\right)", True),
+    (r"\left[1, 2\right)", True),  # \left and \right with different delimiters
+    ("(0, 1]", True),  # an interval mixes bracket kinds
+    ("[1, 2)", True),
+    (r"\{1, 2\}", True),  # escaped braces are not braces
+    (r"\begin{pmatrix}1\\2\end{pmatrix}", True),
+    (r"x \in \left[ 0, 1 \right]", True),
+    (r"\text{(A)}", True),
+]
+
+
+@pytest.mark.parametrize("gold, ok", UNBALANCED_GOLD_CASES)
 def test_override_17_unbalanced_gold_is_rejected(gold, ok):
     assert gold_parses(gold) is ok
     if not ok:
@@ -973,36 +973,36 @@ def _grouped_digits(n: str) -> str:
     return "{,}".join([n[:head]] + [n[i : i + 3] for i in range(head, len(n), 3)])
 
 
-@pytest.mark.parametrize(
-    "gold, pred, status",
-    [
-        (_LONG, _LONG, "correct"),  # the reported case
-        (_LONG, _other_last_digit(_LONG), "wrong"),  # one digit off
-        (_LONG, _LONG[:100_000] + "3" + _LONG[100_001:], "wrong"),  # one digit off, mid-way
-        (_LONG, _LONG[:-1], "wrong"),  # one digit fewer
-        (_LONG, "00" + _LONG, "correct"),  # leading zeros
-        (_LONG, "+" + _LONG, "correct"),
-        ("-" + _LONG, "-" + _LONG, "correct"),  # negative
-        ("-" + _LONG, _LONG, "wrong"),
-        (_LONG, _grouped_digits(_LONG), "correct"),  # digit grouping (override 4)
-        (_LONG, "$" + _LONG + "$", "correct"),
-        (_LONG, "5", "wrong"),  # very long vs short
-        ("5", _LONG, "wrong"),
-        (r"\frac{10}{2}", _LONG, "wrong"),
-        (_LONG, r"\frac{1}{2}", "wrong"),
-        (_LONG, "x", "wrong"),
-        # a long integer against an expression: equal only to its exact value
-        ("1" + "0" * 200_000, "10^{200000}", "correct"),
-        ("1" + "0" * 200_000, "10^{199999}", "wrong"),
-        ("1" + "0" * 5000, r"1.0 \times 10^{5000}", "correct"),
-        ("1" + "2" * 1500, r"\frac{2" + "4" * 1500 + "}{2}", "correct"),
-        # short integers: the same verdicts as math-verify
-        ("007", "7", "correct"),
-        ("-0", "0", "correct"),
-        ("+5", "5", "correct"),
-        ("5", "6", "wrong"),
-    ],
-)
+LONG_INT_CASES = [
+    (_LONG, _LONG, "correct"),  # the reported case
+    (_LONG, _other_last_digit(_LONG), "wrong"),  # one digit off
+    (_LONG, _LONG[:100_000] + "3" + _LONG[100_001:], "wrong"),  # one digit off, mid-way
+    (_LONG, _LONG[:-1], "wrong"),  # one digit fewer
+    (_LONG, "00" + _LONG, "correct"),  # leading zeros
+    (_LONG, "+" + _LONG, "correct"),
+    ("-" + _LONG, "-" + _LONG, "correct"),  # negative
+    ("-" + _LONG, _LONG, "wrong"),
+    (_LONG, _grouped_digits(_LONG), "correct"),  # digit grouping (override 4)
+    (_LONG, "$" + _LONG + "$", "correct"),
+    (_LONG, "5", "wrong"),  # very long vs short
+    ("5", _LONG, "wrong"),
+    (r"\frac{10}{2}", _LONG, "wrong"),
+    (_LONG, r"\frac{1}{2}", "wrong"),
+    (_LONG, "x", "wrong"),
+    # a long integer against an expression: equal only to its exact value
+    ("1" + "0" * 200_000, "10^{200000}", "correct"),
+    ("1" + "0" * 200_000, "10^{199999}", "wrong"),
+    ("1" + "0" * 5000, r"1.0 \times 10^{5000}", "correct"),
+    ("1" + "2" * 1500, r"\frac{2" + "4" * 1500 + "}{2}", "correct"),
+    # short integers: the same verdicts as math-verify
+    ("007", "7", "correct"),
+    ("-0", "0", "correct"),
+    ("+5", "5", "correct"),
+    ("5", "6", "wrong"),
+]
+
+
+@pytest.mark.parametrize("gold, pred, status", LONG_INT_CASES)
 def test_override_18_long_integers(gold, pred, status):
     import time
 
@@ -1045,3 +1045,68 @@ def test_override_18_math_verify_cannot_read_long_integers():
     # and intgen's parse (used before override 18) finds no value: ungradable
     assert grading._parse_answer(n).items == ()
     assert grade_answer(n, boxed("00" + n)).status == "correct"
+
+
+# ----------------------------------------------------------------------------- issue 15
+# Faithful mode (issue 15, item 4): grade as the paper's released grader did.
+
+_ZERO = "; the paper's grader scored it 0"
+
+FAITHFUL_CASES = [
+    # (gold, output, finish_reason, default status, faithful status)
+    # an output cut at the length limit that holds a complete box is graded (the reported case)
+    ("42", boxed("42"), "length", "no_answer", "correct"),
+    ("42", boxed("41"), "length", "no_answer", "wrong"),
+    ("42", r"first \boxed{41}, then \boxed{42} and on and on", "length", "no_answer", "correct"),
+    # ... but a cut-off last box, or no box, is still no answer
+    ("42", r"\boxed{42} and later \boxed{4", "length", "no_answer", "no_answer"),
+    ("42", "the answer is 42", "length", "no_answer", "no_answer"),
+    ("42", r"\boxed{4", None, "no_answer", "no_answer"),
+    # the last box always: several boxes are never combined
+    ("5, 7", r"the two solutions are \boxed{5} and \boxed{7}", None, "correct", "wrong"),
+    ("5, 7", r"the two solutions are \boxed{5} and \boxed{7}", "length", "no_answer", "wrong"),
+    ("(5, 7)", r"\boxed{5} and \boxed{7}", None, "correct", "wrong"),
+    ("5, 7", r"\boxed{5} and \boxed{7}, so \boxed{5, 7}", None, "correct", "correct"),
+    ("7", r"\boxed{5} and \boxed{7}", None, "correct", "correct"),
+    # ungradable is wrong (scored 0)
+    ("42", boxed(r"\frac{}{}"), None, "ungradable", "wrong"),
+    ("6", boxed(r"\text{6 or more}"), None, "ungradable", "wrong"),
+    ("6", boxed(r"\text{6 or more}"), "length", "no_answer", "wrong"),
+    ("}{", boxed("5"), None, "ungradable", "wrong"),
+    (r"\frac{1}{2", boxed("0.5"), None, "ungradable", "wrong"),
+    # what is correct or wrong stays so, with intgen's overrides
+    (r"\frac{1}{2}", boxed("0.5"), "stop", "correct", "correct"),
+    ("42", boxed("43"), None, "wrong", "wrong"),
+    ("14-i", boxed("14.0 + -1.0i"), None, "correct", "correct"),
+    (r"\frac{7}{2}", boxed("3 1/2"), None, "correct", "correct"),
+    (_LONG, boxed(_LONG), "length", "no_answer", "correct"),
+    ("42", r"\boxed{}", None, "no_answer", "no_answer"),
+]
+
+
+@pytest.mark.parametrize("gold, output, finish_reason, default, faithful", FAITHFUL_CASES)
+def test_faithful_mode(gold, output, finish_reason, default, faithful):
+    plain = grade_answer(gold, output, finish_reason)
+    v = grade_answer(gold, output, finish_reason, faithful=True)
+    assert (plain.status, v.status) == (default, faithful)
+    if plain.status == "ungradable":
+        assert v == Verdict("wrong", plain.reason + _ZERO, plain.extracted)
+    if (gold, output) == ("42", boxed("42")):
+        assert v == Verdict("correct", "matches gold", "42")
+    assert grade_many([(gold, output, finish_reason)], faithful=True) == [v]
+
+
+def test_faithful_mode_timeout_and_exception_are_wrong(monkeypatch, fresh_caches):
+    def slow(*args, **kwargs):
+        raise TimeoutException("Operation timed out!")
+
+    monkeypatch.setattr(grading, "verify", slow)
+    assert grade_answer("42", boxed("x+1")).status == "ungradable"
+    assert grade_answer("42", boxed("x+1"), faithful=True) == Verdict(
+        "wrong", "math-verify timed out while comparing" + _ZERO, "x+1"
+    )
+
+
+def test_faithful_mode_is_keyword_only():
+    with pytest.raises(TypeError):
+        grade_answer("42", boxed("42"), None, True)  # type: ignore[misc]
