@@ -129,9 +129,12 @@ Policy overrides of math-verify (each has a test in tests/test_grading.py):
     ``6 \\text{ or } 7``: a set), to a tuple of two or more (``(1, 2, 3)``, ``(5, 5)``: a
     tuple), or to an open interval written as a parenthesised pair (``(5, 7)``, which
     math-verify reads as the interval: a tuple). The boxes are combined as ``a, b`` for a
-    set (order and repeats do not matter) and ``(a, b)`` for a tuple (both do), each box
-    normalised on its own first and empty boxes skipped; a box that is refused (overrides
-    11, 13) makes the whole answer ungradable. The last box stands alone when it holds
+    set (order and repeats do not matter; a repeated box is kept once) and ``(a, b)`` for
+    a tuple (both do), each box normalised on its own first and empty boxes skipped; a box
+    that is refused (overrides 11, 13) makes the whole answer ungradable. More boxes than
+    a tuple gold has values, or more than ``max(64, 2n)`` different boxes for a set of n
+    values (a repetition loop), is wrong without a comparison (5,000 boxes would otherwise
+    time out in math-verify's parser). The last box stands alone when it holds
     several values itself (``\\boxed{5} and \\boxed{7}, so \\boxed{5, 7}``), when the gold
     is one value, an interval with a bracket or a matrix, and in faithful mode. A cut-off
     last box is still no answer, and a cut-off box followed by complete ones is dropped.
@@ -1090,8 +1093,9 @@ _PAREN_PAIR = re.compile(r"(?:\\left\s*)?\((.*)(?:\\right\s*)?\)", re.DOTALL)
 
 
 @functools.lru_cache(maxsize=4096)
-def _answer_kind(answer: str) -> Literal["set", "tuple"] | None:
-    """Override 15: ``"set"`` or ``"tuple"`` when ``answer`` holds several values, else None.
+def _answer_kind(answer: str) -> tuple[Literal["set", "tuple"], int] | None:
+    """Override 15: ``("set", n)`` or ``("tuple", n)`` when ``answer`` holds ``n >= 2``
+    values, else None.
 
     Decided on math-verify's parse of the normalised answer: a finite set of two values or
     more (``5, 7``, ``\\{5, 7\\}``, ``\\pm 2``, ``6 \\text{ or } 7``) is a set; a tuple of
@@ -1108,47 +1112,65 @@ def _answer_kind(answer: str) -> Literal["set", "tuple"] | None:
         return None
     first = next((x for x in p.items if isinstance(x, (sympy.Basic, sympy.MatrixBase))), None)
     if isinstance(first, sympy.FiniteSet) and len(first) >= 2:
-        return "set"
+        return "set", len(first)
     if isinstance(first, sympy.Tuple) and len(first) >= 2:
-        return "tuple"
+        return "tuple", len(first)
     if (
         isinstance(first, sympy.Interval)
         and first.left_open
         and first.right_open
         and _PAREN_PAIR.fullmatch(_normalise(answer)) is not None
     ):
-        return "tuple"
+        return "tuple", 2
     return None
 
 
-def _combine_boxes(gold: str, boxes: Sequence[str]) -> tuple[str, str | None]:
+#: A set gold of n values is compared with at most max(this, 2n) different boxes.
+_MAX_SET_BOXES = 64
+
+
+def _combine_boxes(gold: str, boxes: Sequence[str]) -> tuple[str, tuple[Status, str] | None]:
     """Override 15: the answer judged for ``boxes`` (every complete box, in order).
 
-    Returns ``(answer, refusal)``. Only for a gold answer that holds several values
+    Returns ``(answer, decided)``; ``decided`` is a ``(status, reason)`` when the verdict
+    is known without a comparison. Only for a gold answer that holds several values
     (:func:`_answer_kind`) and two boxes or more are the boxes combined: into ``a, b, c``
     for a set, ``(a, b, c)`` for a tuple, each box normalised on its own first (so each is
-    read as it would be alone) and empty boxes left out; otherwise, or when the last box
-    itself holds several values (the model wrote the whole answer in its final box), the
-    last box stands. ``refusal`` is set when one of the combined boxes is refused
-    (overrides 11, 13); the answer is then the boxes joined as written.
+    read as it would be alone) and empty boxes left out; for a set, a box that repeats an
+    earlier one (same normalised text) is left out too, since a set takes it once.
+    Otherwise, or when the last box itself holds several values (the model wrote the whole
+    answer in its final box), the last box stands. Decided without comparing: a box that
+    is refused (overrides 11, 13) makes the answer ``ungradable``; more boxes than a tuple
+    gold has values, or more than ``max(_MAX_SET_BOXES, 2n)`` different boxes for a set of
+    ``n`` values (a repetition loop), is ``wrong``.
     """
     last = boxes[-1]
     if len(boxes) < 2:
         return last, None
-    kind = _answer_kind(gold)
-    if kind is None or _answer_kind(last) is not None:
+    kind_size = _answer_kind(gold)
+    if kind_size is None or _answer_kind(last) is not None:
         return last, None
+    kind, size = kind_size
     parts: list[str] = []
+    seen: set[str] = set()
     for content in boxes:
         norm, refusal = _normalise_full(content)
         if refusal is not None:
-            return ", ".join(b.strip() for b in boxes), refusal
-        if norm:
-            parts.append(norm)
+            return ", ".join(b.strip() for b in boxes), ("ungradable", f"{REASON_PRED_UNPARSED}: {refusal}")
+        if not norm or (kind == "set" and norm in seen):
+            continue
+        seen.add(norm)
+        parts.append(norm)
     if len(parts) < 2:
         return (parts[0] if parts else ""), None
     joined = ", ".join(parts)
-    return ("(" + joined + ")" if kind == "tuple" else joined), None
+    if kind == "tuple":
+        joined = "(" + joined + ")"
+        if len(parts) > size:  # each box is one value or more
+            return joined, ("wrong", f"{len(parts)} boxes for a tuple of {size} values")
+    elif len(parts) > max(_MAX_SET_BOXES, 2 * size):
+        return joined, ("wrong", f"{len(parts)} different boxes for a set of {size} values")
+    return joined, None
 
 
 # --------------------------------------------------------------------------- public API
@@ -1216,12 +1238,10 @@ def _grade(gold: str, output: str, finish_reason: str | None, faithful: bool) ->
     if cut or not boxes:
         return Verdict("no_answer", REASON_UNBALANCED if cut else REASON_NO_BOX, None)
     if faithful:
-        content, refusal = boxes[-1], None
+        content, decided = boxes[-1], None
     else:
-        content, refusal = _combine_boxes(gold, boxes)
-    if refusal is not None:
-        return Verdict("ungradable", f"{REASON_PRED_UNPARSED}: {refusal}", content)
-    status, reason = _compare(gold, content)
+        content, decided = _combine_boxes(gold, boxes)
+    status, reason = decided if decided is not None else _compare(gold, content)
     if status == "no_answer":
         return Verdict(status, reason, None)
     return Verdict(status, reason, content)

@@ -799,10 +799,15 @@ SEVERAL_BOXES_CASES = [
     ("5, 7", r"\boxed{5}, \boxed{7} and \boxed{9}", "wrong", "5, 7, 9"),
     ("5, 7, 9", r"\boxed{5} and \boxed{7}", "wrong", "5, 7"),
     # a repeated box: a set takes it once, a tuple keeps it
-    ("5, 7", r"\boxed{5}, \boxed{7}, and again \boxed{7}", "correct", "5, 7, 7"),
-    ("5, 7", r"\boxed{5} and \boxed{5}", "wrong", "5, 5"),
+    ("5, 7", r"\boxed{5}, \boxed{7}, and again \boxed{7}", "correct", "5, 7"),
+    ("5, 7", r"\boxed{5}, \boxed{7}, and again \boxed{7.}", "correct", "5, 7"),
+    ("5, 7", r"\boxed{5} and \boxed{5}", "wrong", "5"),
     ("(5, 5)", r"\boxed{5} and \boxed{5}", "correct", "(5, 5)"),
     ("(5, 7)", r"\boxed{5}, \boxed{7}, and again \boxed{7}", "wrong", "(5, 7, 7)"),
+    # a repetition loop: a set takes each box once; a tuple has more boxes than values
+    ("5, 7", r"\boxed{5} \boxed{7} " * 2000, "correct", "5, 7"),
+    ("5, 7", " ".join(r"\boxed{%d}" % i for i in range(200)), "wrong", ", ".join(map(str, range(200)))),
+    ("(5, 7)", r"\boxed{5} \boxed{7} " * 2000, "wrong", "(" + ", ".join(["5, 7"] * 2000) + ")"),
     # one box holding every value: the last box stands when it holds several values
     ("5, 7", r"\boxed{5, 7}", "correct", "5, 7"),
     ("5, 7", r"\boxed{5} and \boxed{7}, so \boxed{5, 7}", "correct", "5, 7"),
