@@ -285,7 +285,8 @@ class Verdict:
 
     ``status`` is one of ``correct``, ``wrong``, ``no_answer``, ``ungradable``;
     ``reason`` is a short human explanation; ``extracted`` is the box content that was
-    judged, or None when nothing was judged (no box, cut-off output, empty box).
+    judged (for a set or tuple gold, the boxes combined as judged, override 15), or None
+    when nothing was judged (no box, cut-off output, empty box).
     """
 
     status: Status

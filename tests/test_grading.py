@@ -20,13 +20,16 @@ from intgen.grading import (
 )
 
 
+def _clear_caches():
+    for cached in (grading._compare, grading._parse_answer, grading._answer_kind, grading._plain_int):
+        cached.cache_clear()
+
+
 @pytest.fixture
 def fresh_caches():
-    grading._compare.cache_clear()
-    grading._parse_answer.cache_clear()
+    _clear_caches()
     yield
-    grading._compare.cache_clear()
-    grading._parse_answer.cache_clear()
+    _clear_caches()
 
 
 def boxed(content: str) -> str:
@@ -736,8 +739,7 @@ def test_issue4_case_11_threads_give_the_serial_verdicts(fresh_caches):
     pairs = _pairs_200()
     serial = [grade_answer(*p) for p in pairs]
     assert {v.status for v in serial} == {"correct", "wrong", "no_answer", "ungradable"}
-    grading._compare.cache_clear()
-    grading._parse_answer.cache_clear()
+    _clear_caches()
     results: dict[int, list[Verdict]] = {}
 
     def work(i: int) -> None:
