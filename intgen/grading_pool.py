@@ -39,11 +39,12 @@ def _worker_grade(gold: str, output: str, finish_reason: str | None, faithful: b
 def _compact(output: str, faithful: bool = False) -> str:
     """The smallest output with the same verdict as ``output`` for every gold answer.
 
-    Every complete top-level box, each re-wrapped as ``\\boxed{...}``, in order (the
+    Every complete top-level box, each re-wrapped (:func:`_rewrap`), in order (the
     grader combines them for a gold that is a set or a tuple, override 15); in faithful
     mode the last box alone (never combined); the marker ``\\boxed{`` of an unbalanced
-    last box; or nothing when there is no box. Re-wrapping keeps each content as it was:
-    a box content is brace-balanced, so it is read back whole. ``grade_answer``'s
+    last box; or nothing when there is no box. Re-wrapping keeps each content as it was
+    (a braced content is brace-balanced, so it is read back whole; see :func:`_rewrap`
+    for the one exception). ``grade_answer``'s
     verdicts and reasons on the compact output equal those on ``output``.
     """
     boxes, cut = _scan_boxes(output)
@@ -51,7 +52,18 @@ def _compact(output: str, faithful: bool = False) -> str:
         return "\\boxed{"
     if faithful:
         boxes = boxes[-1:]
-    return "".join("\\boxed{" + content + "}" for content in boxes)
+    return "".join(_rewrap(content) for content in boxes)
+
+
+def _rewrap(content: str) -> str:
+    """A box that reads back as ``content``: ``\\boxed{content}``, or, for the content of
+    a box written ``\\boxed X`` that ends in an odd number of backslashes (``\\boxed \\}``
+    holds ``\\``; braced, its last backslash would escape the closing brace), the same
+    form ``\\boxed X`` followed by a space."""
+    trailing = len(content) - len(content.rstrip("\\"))
+    if trailing % 2:
+        return "\\boxed " + content + " "
+    return "\\boxed{" + content + "}"
 
 
 class GradingPool:

@@ -163,3 +163,23 @@ def test_faithful_timeout_scores_zero():
             "wrong", "grader timed out after 1 s; the paper's grader scored it 0", "9^{9^{9^{9}}}"
         )
         assert pool.submit("5", r"\boxed{5}", "length", faithful=True).result().status == "correct"
+
+
+def test_compact_output_holds_the_same_boxes():
+    """The compacted output reads back as the same boxes (or the same cut-off), whatever
+    the braces, escapes and box forms around them: 20,000 random outputs."""
+    import random
+
+    from intgen.grading import _scan_boxes
+    from intgen.grading_pool import _compact
+
+    tokens = ["\\boxed", "\\fbox", "{", "}", "\\{", "\\}", "\\\\", " ", "5", "$", "x",
+              "\\boxed ", "\\boxed{", "7}", "\t", "\\"]
+    rng = random.Random(0)
+    for _ in range(20_000):
+        output = "".join(rng.choice(tokens) for _ in range(rng.randint(0, 14)))
+        boxes, cut = _scan_boxes(output)
+        for faithful in (False, True):
+            expected = ([], True) if cut else (boxes[-1:] if faithful else boxes, False)
+            assert _scan_boxes(_compact(output, faithful)) == expected, (output, faithful)
+    assert _compact("\\boxed \\} and \\boxed{5}") == "\\boxed \\ \\boxed{5}"
