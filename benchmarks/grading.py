@@ -187,6 +187,8 @@ def build_pairs(n: int = 1000, seed: int = 0) -> list[Triple]:
 def clear_caches() -> None:
     grading._compare.cache_clear()
     grading._parse_answer.cache_clear()
+    grading._answer_kind.cache_clear()
+    grading._plain_int.cache_clear()
 
 
 def run_in_process(pairs: list[Triple]) -> tuple[list[Verdict], float]:

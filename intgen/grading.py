@@ -12,15 +12,19 @@ rules are strict and written down. Sources:
   re-measured on math-verify 0.9.0 / latex2sympy2_extended 1.11.0 before being overridden;
 * [issue 4] the numbered test cases of the team's issue 4 ("Grading you can trust at
   scale"), each pinned verbatim in tests/test_grading.py;
-* [measured] a wrong verdict found here on math-verify 0.9.0; the case is given.
+* [measured] a wrong verdict found here on math-verify 0.9.0; the case is given;
+* [issue 13] the team's issue 13 ("Nothing lost, nothing silent"), item 5, and
+  [issue 15] its issue 15, item 4 (faithful mode), each reported case pinned in
+  tests/test_grading.py with cases of its kind.
 
 Pipeline for one output::
 
     gold --normalise--> parse(\\boxed{gold}) ----------------------------.
     output --finish_reason=="length"?--> no_answer                        |
-           --extract_boxed--> None -> no_answer                          v
-                          --> content --normalise--> parse --> verify(gold, pred) per pair
-                                                                        --> small-value guard
+           --boxes--> none, or last one cut off -> no_answer              |
+                  --> last box (every box for a set/tuple gold)           v
+                      --normalise--> parse --> verify(gold, pred) per pair
+                                                 --> small-value guard
 
 Statuses: ``correct`` / ``wrong`` (a real comparison happened), ``no_answer`` (the model
 gave no final answer we may judge), ``ungradable`` (a parse failure, a math-verify
@@ -28,8 +32,9 @@ exception or timeout, or a gold answer that does not parse).
 
 Policy overrides of math-verify (each has a test in tests/test_grading.py):
 
-1. Only the content of the last complete box is judged [design]. math-verify on a whole
-   output falls back to the last number anywhere in the text; intgen never does.
+1. Only the content of the last complete box is judged [design] (except for a set or
+   tuple gold, override 15). math-verify on a whole output falls back to the last number
+   anywhere in the text; intgen never does.
 2. No fragments [design, MV#82, MV#81]: the box content is parsed as LaTeX first. If that
    yields no sympy object, the plain-expression extractor is accepted only when its match
    covers the whole content; otherwise the prediction is ``ungradable`` ("prediction does
@@ -116,11 +121,91 @@ Policy overrides of math-verify (each has a test in tests/test_grading.py):
     is wrong. Without a subscript on one side the digits are compared as before (``52``
     still equals ``52_8``, ``24`` equals ``24_{10}``).
 
-Overrides 4-13 apply to gold answers and predictions alike. On the 5,143 distinct gold
-answers of MATH (train and test), MATH-500, GSM8K and OlympiadBench, overrides 8-13
-change the parse of five, each a fix (``4t``, ``6m``, ``2s`` were read as numbers;
-``a + b + c`` and ``\\sin^2 t`` did not parse), every parseable gold equals its own box,
-and every MATH test solution's last box equals its gold.
+15. Several boxes [issue 13]: when the gold holds several values, every complete box of
+    the output is judged, combined in order; otherwise the last box stands. Case: gold
+    ``5, 7`` with ``the two solutions are \\boxed{5} and \\boxed{7}`` was wrong (only 7 was
+    judged). The gold holds several values when math-verify parses it (after overrides
+    4-14) to a finite set of two values or more (``5, 7``, ``\\{5, 7\\}``, ``\\pm 2``,
+    ``6 \\text{ or } 7``: a set), to a tuple of two or more (``(1, 2, 3)``, ``(5, 5)``: a
+    tuple), or to an open interval written as a parenthesised pair (``(5, 7)``, which
+    math-verify reads as the interval: a tuple). The boxes are combined as ``a, b`` for a
+    set (order and repeats do not matter; a repeated box is kept once) and ``(a, b)`` for
+    a tuple (both do), each box normalised on its own first and empty boxes skipped; a box
+    that is refused (overrides 11, 13) makes the whole answer ungradable. More boxes than
+    a tuple gold has values, or more than ``max(64, 2n)`` different boxes for a set of n
+    values (a repetition loop), is wrong without a comparison (5,000 boxes would otherwise
+    time out in math-verify's parser). The last box stands alone when it holds
+    several values itself (``\\boxed{5} and \\boxed{7}, so \\boxed{5, 7}``), when the gold
+    is one value, an interval with a bracket or a matrix, and in faithful mode. A cut-off
+    last box is still no answer, and a cut-off box followed by complete ones is dropped.
+    math-verify on a whole text joins every box whatever the gold (so gold ``7`` with
+    ``\\boxed{5} and \\boxed{7}`` is wrong there); intgen joins only for a set or tuple
+    gold. Limitation: an intermediate result boxed before the answers is combined too.
+16. Complex numbers with decimals [issue 13; measured]: gold ``14-i`` with
+    ``\\boxed{14.0 + -1.0i}`` was wrong. math-verify treats every symbol of an answer as
+    complex (not real) only when the answer holds a standalone ``i`` (its
+    ``should_treat_as_complex``); in ``1.0i`` or ``2i`` the ``i`` follows a digit, is not
+    seen, and becomes a real symbol ``i``, a different symbol from the ``i`` of ``14-i``.
+    So ``-i`` differed from ``-1.0i`` and ``14-i`` from ``14-1i`` (``3+2i`` equalled
+    ``3.0+2.0i`` only because neither side had a standalone ``i``). An ``i`` right after a
+    digit, outside ``\\text{}``, gets a space first (``1.0i`` -> ``1.0 i``), so both sides
+    see the same complex unit; ``+ -`` was already read as ``-``. Also, math-verify
+    compares a bare symbol with anything only by name (``i`` vs ``1.0 i``, ``x`` vs
+    ``1.0x`` were wrong); when one side is a bare symbol and the other an expression,
+    intgen also accepts an exact difference of zero. ``i`` stays a symbol, as in
+    math-verify (``i^2`` is not -1); ``j`` is not an imaginary unit.
+17. Unbalanced answers do not parse [issue 13]: gold ``\\frac{1}{2`` was accepted, since
+    wrapped as ``\\boxed{\\frac{1}{2}`` math-verify still reads 1/2 (and ``1}`` as 1,
+    ``\\frac{1}{2}}`` as 1/2). An answer whose braces ``{ }``, ``\\left``/``\\right``,
+    ``\\begin{X}``/``\\end{X}`` (by name) or round and square brackets (counted together,
+    since intervals mix them: ``(0, 1]``) do not close, or close before they open, does
+    not parse, so such a gold is rejected before any model call (``gold_parses``).
+    Escaped braces ``\\{ \\}`` are not braces; the delimiter after ``\\left``/``\\right``
+    is theirs (``\\left[0, 1\\right)``, ``\\left. x \\right|`` are balanced). A box content
+    is brace-balanced by construction; math-verify already rejected a prediction with
+    unbalanced brackets (``(1, 2``). Limitation: ``]0, 1[`` is refused.
+18. Long integers [issue 13]: a 200,000-digit integer answer was ungradable. Python
+    refuses int <-> str conversions past 4300 digits (``sys.set_int_max_str_digits``),
+    so math-verify yields no value, only the string (``00`` + N did not equal N), and
+    intgen found nothing to judge. When the gold or the prediction is a plain integer
+    (after normalisation: ``$...$``, digit grouping, a final period removed) of more than
+    ``_LONG_INT_DIGITS`` (1000) digits, neither math-verify nor sympy's parser sees it:
+    two plain integers are equal when their signs and digits (leading zeros dropped,
+    ``-0`` = ``0``) are; against anything else the other side is parsed and equals the
+    integer only if some number there has exactly its value (floats taken as the
+    decimals they print as, so ``10^{200000}`` and ``1.0 \\times 10^{5000}`` match, a
+    rounded float does not). The integer is built without the string limit, in parts.
+    Shorter integers go through math-verify as before. 200,000 digits take about 0.1 s.
+
+Overrides 4-13 and 16-18 apply to gold answers and predictions alike. On the 5,143
+distinct gold answers of MATH (train and test), MATH-500, GSM8K and OlympiadBench,
+overrides 8-13 change the parse of five, each a fix (``4t``, ``6m``, ``2s`` were read as
+numbers; ``a + b + c`` and ``\\sin^2 t`` did not parse), every parseable gold equals its
+own box, and every MATH test solution's last box equals its gold. Overrides 15-18 change
+none of those verdicts (no gold there is unbalanced; 62 complex golds such as ``-1 - 5i``
+now carry the same complex unit on both sides, and still equal their own box).
+
+Faithful mode [issue 15; InT]: ``grade_answer(..., faithful=True)`` (and the same keyword
+of ``grade_many`` and of ``GradingPool``) grades as the paper's released grader did. That
+grader took the last ``\\boxed{...}`` of the output with brace matching, whether or not the
+output was cut at the length limit (none: score 0), wrapped gold and answer as
+``\\boxed{...}``, compared them with math-verify's ``math_metric`` (LaTeX and expression
+extraction on both sides) in a process killed after 10 s (score 0), and scored anything
+but a match 0. So, in faithful mode:
+
+* the last complete box is the answer, always: several boxes are never combined
+  (override 15 is off);
+* ``finish_reason == "length"`` is not special: a complete last box of a cut-off output is
+  graded (a cut-off last box, or no box, is still ``no_answer``, which scores 0 too);
+* a verdict that would be ``ungradable`` (the answer or the gold does not parse,
+  math-verify failed or timed out, the pool's time limit passed) is ``wrong``, its
+  reason followed by "; the paper's grader scored it 0", so that such a rollout counts
+  as failed (and gets proposals) as it did in the paper.
+
+Everything else is as in the default mode, overrides included: they correct verdicts
+math-verify is known to get wrong, and faithful mode reproduces the paper's policy, not
+those errors. The time limit is the pool's (``GradingPool``'s default 10 s, as in the
+paper); in process, math-verify's own 5 s alarms for parsing and for comparing apply.
 
 Handled by math-verify itself (tested, not overridden): ``\\dfrac``/``\\tfrac``;
 ``\\text{...}`` units after a number (``5 \\text{ cm}`` == 5); ``1,000`` == 1000;
@@ -132,7 +217,7 @@ Gold wrapping: both gold answers and box contents are parsed as ``\\boxed{...}``
 ``$...$``. The two wrappers give the same parse on every case measured except that
 ``$...$`` breaks when the answer itself holds a ``$`` (``\\$5``, ``\\text{costs $5}``), while
 the boxed extractor takes exactly the brace-balanced content. Box contents are
-brace-balanced by construction; a gold with unbalanced braces does not parse.
+brace-balanced by construction; a gold with unbalanced braces does not parse (override 17).
 
 Timeouts: math-verify's own timeouts use ``signal.alarm``, which only works in the main
 thread; off the main thread intgen passes ``None`` (no timeout) so that it never raises
@@ -162,6 +247,7 @@ __all__ = [
     "Status",
     "Verdict",
     "extract_boxed",
+    "extract_boxes",
     "gold_parses",
     "answers_match",
     "grade_answer",
@@ -192,6 +278,7 @@ REASON_LENGTH = "output cut off at the token limit"
 REASON_PRED_UNPARSED = "prediction does not parse"
 REASON_GOLD_UNPARSED = "gold answer does not parse"
 REASON_OTHER_BASE = "written in another number base than the gold"
+REASON_FAITHFUL_ZERO = "the paper's grader scored it 0"
 
 
 @dataclass(frozen=True)
@@ -200,7 +287,8 @@ class Verdict:
 
     ``status`` is one of ``correct``, ``wrong``, ``no_answer``, ``ungradable``;
     ``reason`` is a short human explanation; ``extracted`` is the box content that was
-    judged, or None when nothing was judged (no box, cut-off output, empty box).
+    judged (for a set or tuple gold, the boxes combined as judged, override 15), or None
+    when nothing was judged (no box, cut-off output, empty box).
     """
 
     status: Status
@@ -281,20 +369,51 @@ def extract_boxed(text: str) -> str | None:
 
     Returns the raw content (not stripped of whitespace), ``""`` for ``\\boxed{}``, or None.
     """
-    if "box" not in text:
+    boxes, cut = _scan_boxes(text)
+    if cut or not boxes:
         return None
+    return boxes[-1]
+
+
+def _scan_boxes(text: str) -> tuple[list[str], bool]:
+    """The contents of every complete top-level box of ``text``, in order, and whether the
+    last box command is unbalanced (cut off).
+
+    A box inside another complete box is not top-level (the outer one holds it). An
+    unbalanced box followed by a complete one is dropped (a restart); an unbalanced last
+    box makes ``cut`` True, whatever came before. ``extract_boxed`` is the last element
+    when ``cut`` is False.
+    """
+    if "box" not in text:
+        return [], False
     matches = _brace_matches(text)
-    last: str | None = None
+    boxes: list[str] = []
+    cut = False
     skip_until = 0
     for m in _BOX_CMD.finditer(text):
         if m.start() < skip_until:
             continue  # inside an earlier complete box
         read = _read_box(text, m.end(), matches)
         if read is None:
-            last = None  # unbalanced: only a later complete box can replace it
+            cut = True  # unbalanced: only a later complete box can replace it
             continue
-        last, skip_until = read
-    return last
+        cut = False
+        content, skip_until = read
+        boxes.append(content)
+    return boxes, cut
+
+
+def extract_boxes(text: str) -> list[str] | None:
+    """Return the contents of every complete top-level ``\\boxed{}`` / ``\\fbox{}`` of
+    ``text``, in order; ``[]`` when there is no box, None when the last box is unbalanced
+    (the output was cut off inside it) [design, as ``extract_boxed``].
+
+    A box nested in another complete box is part of the outer one; an unbalanced box
+    followed by a complete one (a restart) is left out. The grader combines these boxes
+    only for a gold answer that is a set or a tuple (override 15). Never raises.
+    """
+    boxes, cut = _scan_boxes(text)
+    return None if cut else boxes
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -389,6 +508,9 @@ _VALUE_WORDS = frozenset(
     tanh""".split()
 )
 _VALUE_WORDS_FIRST_ONLY = frozenset({"squared", "cubed"})  # "6 meters squared" is a unit
+
+# override 16: the imaginary unit right after a digit (``2i``, ``1.0i``).
+_DIGIT_I = re.compile(r"(?<=\d)i(?![A-Za-z])")
 
 # override 12: single letters that math-verify's unit list would strip after a number.
 _TRAILING_LETTER = re.compile(r"(?<=[\d}\s])(\s*)([tshclgmdo]|ab|bc)(\s*)$")
@@ -596,6 +718,7 @@ def _normalise_full(answer: str) -> tuple[str, str | None]:
         s = m.group(1) + "\\times 10^{" + m.group(2) + "}"
     s = _outside_text(s, lambda part: _MIXED_NUMBER.sub(_mixed, part))
     s = _outside_text(s, _plain_functions)
+    s = _outside_text(s, lambda part: _DIGIT_I.sub(" i", part))
     s = _DEGREE_SCALE.sub(r"\1", s)
     s = _TRAILING_LETTER.sub(r"\1{\2}\3", s)
     return s, _dropped_words(s)
@@ -634,6 +757,61 @@ def _dropped_words(s: str) -> str | None:
     return None
 
 
+_BALANCE_TOKENS = re.compile(
+    r"\\(?:left|right)(?![A-Za-z])\s*(?:\\[A-Za-z]+|\\.|.)?"  # \left( \right. \left\{
+    r"|\\(begin|end)\s*\{([^{}]*)\}"
+    r"|\\[A-Za-z]+|\\.|[{}()\[\]]",
+    re.DOTALL,
+)
+
+
+def _unbalanced(answer: str) -> str | None:
+    """Override 17: what is unbalanced in ``answer``, or None when everything closes.
+
+    Checked in one linear pass: braces ``{ }`` (escaped ``\\{ \\}`` are not braces),
+    ``\\left``/``\\right`` (with their delimiters, so ``\\left[ ... \\right)`` and
+    ``\\left. ... \\right|`` are fine), ``\\begin{X}``/``\\end{X}`` by name, and round
+    and square brackets counted together (intervals mix them: ``(0, 1]``): each closer
+    must have an opener before it and every opener must be closed.
+    """
+    braces = brackets = lr = 0
+    envs: list[str] = []
+    for m in _BALANCE_TOKENS.finditer(answer):
+        tok = m.group(0)
+        if m.group(1) == "begin":
+            envs.append(m.group(2).strip())
+        elif m.group(1) == "end":
+            if not envs or envs.pop() != m.group(2).strip():
+                return "unbalanced \\begin/\\end"
+        elif tok.startswith("\\left") and not tok[5:6].isalpha():
+            lr += 1
+        elif tok.startswith("\\right") and not tok[6:7].isalpha():
+            lr -= 1
+            if lr < 0:
+                return "unbalanced \\left/\\right"
+        elif tok == "{":
+            braces += 1
+        elif tok == "}":
+            braces -= 1
+            if braces < 0:
+                return "unbalanced braces"
+        elif tok in "([":
+            brackets += 1
+        elif tok in ")]":
+            brackets -= 1
+            if brackets < 0:
+                return "unbalanced brackets"
+    if braces:
+        return "unbalanced braces"
+    if lr:
+        return "unbalanced \\left/\\right"
+    if envs:
+        return "unbalanced \\begin/\\end"
+    if brackets:
+        return "unbalanced brackets"
+    return None
+
+
 def _normalise(answer: str) -> str:
     """The normalised form of ``answer`` (see :func:`_normalise_full`)."""
     return _normalise_full(answer)[0]
@@ -668,6 +846,8 @@ def _parse_answer(answer: str) -> _Parsed:
     LaTeX extraction on ``\\boxed{answer}`` first; plain-expression extraction only when
     its match covers the whole answer (override 2). Never raises.
     """
+    if _unbalanced(answer) is not None:
+        return _Parsed((), None)  # override 17: never read a part of it
     s, refusal = _normalise_full(answer)
     if not s:
         return _Parsed((), None)
@@ -758,6 +938,86 @@ def _small_value_guard_rejects(g, p, gold_half_ulp: sympy.Float | None = None) -
         return False
 
 
+def _symbol_equals_expression(g, p) -> bool:
+    """Override 16: True when one side is a bare symbol and the other an expression whose
+    exact difference from it is zero (``i`` and ``1.0 i``; ``x`` and ``1.0x``).
+
+    math-verify compares a bare symbol with anything only by name or as a product of
+    letters (for text answers such as ``\\text{Evelyn}``), never by value.
+    """
+    if isinstance(g, sympy.Symbol) == isinstance(p, sympy.Symbol):
+        return False
+    other = p if isinstance(g, sympy.Symbol) else g
+    if not isinstance(other, sympy.Expr) or isinstance(other, sympy.logic.boolalg.Boolean):
+        return False
+    if not other.free_symbols:
+        return False
+    try:
+        return bool(sympy.expand(g - p).is_zero)
+    except Exception:  # noqa: BLE001 - undecidable: leave math-verify's verdict
+        return False
+
+
+_PLAIN_INT = re.compile(r"([+-]?)0*(\d+)")
+#: Plain integers longer than this are never handed to math-verify / sympy's parser
+#: (Python refuses int <-> str conversions past 4300 digits by default; override 18).
+_LONG_INT_DIGITS = 1000
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_int(answer: str) -> tuple[bool, str] | None:
+    """Override 18: ``(negative, digits)`` when ``answer`` normalises to a plain integer
+    (``-007`` -> ``(True, "7")``; ``-0`` is ``(False, "0")``), else None. No int is built."""
+    s, refusal = _normalise_full(answer)
+    m = _PLAIN_INT.fullmatch(s.strip()) if refusal is None else None
+    if m is None:
+        return None
+    digits = m.group(2)
+    return (m.group(1) == "-" and digits != "0", digits)
+
+
+def _int_from_digits(digits: str) -> int:
+    """The int of a digit string of any length without Python's int-string limit: the
+    halves are converted separately and joined (about 0.05 s for 200,000 digits)."""
+    if len(digits) <= 4000:
+        return int(digits)
+    half = len(digits) // 2
+    low = digits[half:]
+    return _int_from_digits(digits[:half]) * 10 ** len(low) + _int_from_digits(low)
+
+
+def _exact_value(x) -> sympy.Expr | None:
+    """``x`` with every float replaced by the decimal it prints as, when ``x`` is a number."""
+    if not isinstance(x, sympy.Expr) or isinstance(x, sympy.logic.boolalg.Boolean):
+        return None
+    try:
+        if not x.is_number:
+            return None
+        floats = x.atoms(sympy.Float)
+        if floats:
+            x = x.xreplace({f: sympy.Rational(str(f)) for f in floats})
+        return x
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _compare_long_int(n: tuple[bool, str], items: Sequence) -> tuple[Status, str]:
+    """Override 18: a plain integer of more than ``_LONG_INT_DIGITS`` digits against the
+    parsed other side: equal only when some number there has exactly that value."""
+    value = _int_from_digits(n[1])
+    target = sympy.Integer(-value if n[0] else value)
+    for item in items:
+        x = _exact_value(item)
+        if x is None:
+            continue
+        try:
+            if (x - target).is_zero is True:
+                return "correct", REASON_CORRECT
+        except Exception:  # noqa: BLE001 - an undecidable difference is not equality
+            continue
+    return "wrong", REASON_WRONG
+
+
 _BASE_NUMBER = re.compile(r"-?\d+(?:\.\d+)?_(?:(\d)|\{\s*(\d+)\s*\})")
 
 
@@ -770,11 +1030,19 @@ def _number_base(answer: str) -> int | None:
 @functools.lru_cache(maxsize=16384)
 def _compare(gold: str, content: str) -> tuple[Status, str]:
     """Status and reason for a gold answer vs an extracted box content (cached)."""
-    gp = _parse_answer(gold)
-    if gp.error is not None or not _has_sympy(gp.items):
-        return "ungradable", REASON_GOLD_UNPARSED
-    if not _normalise(content):
+    gi, pi = _plain_int(gold), _plain_int(content)
+    long_gold = gi is not None and len(gi[1]) > _LONG_INT_DIGITS
+    long_pred = pi is not None and len(pi[1]) > _LONG_INT_DIGITS
+    if gi is not None and pi is not None and (long_gold or long_pred):  # override 18
+        return ("correct", REASON_CORRECT) if gi == pi else ("wrong", REASON_WRONG)
+    if not long_gold:
+        gp = _parse_answer(gold)
+        if gp.error is not None or not _has_sympy(gp.items):
+            return "ungradable", REASON_GOLD_UNPARSED
+    if pi is None and not _normalise(content):
         return "no_answer", REASON_EMPTY
+    if long_pred:
+        return _compare_long_int(pi, gp.items)
     pp = _parse_answer(content)
     if pp.error is not None:
         return "ungradable", f"prediction: {pp.error}"
@@ -782,6 +1050,8 @@ def _compare(gold: str, content: str) -> tuple[Status, str]:
         return "ungradable", f"{REASON_PRED_UNPARSED}: {pp.refused}"
     if not _has_sympy(pp.items):
         return "ungradable", REASON_PRED_UNPARSED
+    if long_gold:
+        return _compare_long_int(gi, pp.items)
     gb, pb = _number_base(gold), _number_base(content)
     if gb is not None and pb is not None and gb != pb:
         return "wrong", REASON_OTHER_BASE
@@ -806,6 +1076,8 @@ def _compare(gold: str, content: str) -> tuple[Status, str]:
         except Exception as e:  # noqa: BLE001
             errors.append(f"math-verify error while comparing: {type(e).__name__}: {e}"[:200])
             continue
+        if not ok and _symbol_equals_expression(g, p):
+            return "correct", REASON_CORRECT
         if ok:
             if _small_value_guard_rejects(g, p, half_ulp):
                 guarded = True
@@ -818,14 +1090,105 @@ def _compare(gold: str, content: str) -> tuple[Status, str]:
     return "wrong", REASON_WRONG
 
 
+# --------------------------------------------------------------------------- several boxes
+
+_PAREN_PAIR = re.compile(r"(?:\\left\s*)?\((.*)(?:\\right\s*)?\)", re.DOTALL)
+
+
+@functools.lru_cache(maxsize=4096)
+def _answer_kind(answer: str) -> tuple[Literal["set", "tuple"], int] | None:
+    """Override 15: ``("set", n)`` or ``("tuple", n)`` when ``answer`` holds ``n >= 2``
+    values, else None.
+
+    Decided on math-verify's parse of the normalised answer: a finite set of two values or
+    more (``5, 7``, ``\\{5, 7\\}``, ``\\pm 2``, ``6 \\text{ or } 7``) is a set; a tuple of
+    two or more (``(1, 2, 3)``, ``(5, 5)``) is a tuple, and so is an open interval written
+    as a parenthesised pair (``(5, 7)``, ``\\left(5, 7\\right)``), which math-verify reads
+    as the interval but which is an ordered pair as often. Intervals with a bracket,
+    matrices, vectors and single values are not several values.
+    """
+    n = _plain_int(answer)
+    if n is not None and len(n[1]) > _LONG_INT_DIGITS:
+        return None
+    p = _parse_answer(answer)
+    if p.error is not None or p.refused is not None or not p.items:
+        return None
+    first = next((x for x in p.items if isinstance(x, (sympy.Basic, sympy.MatrixBase))), None)
+    if isinstance(first, sympy.FiniteSet) and len(first) >= 2:
+        return "set", len(first)
+    if isinstance(first, sympy.Tuple) and len(first) >= 2:
+        return "tuple", len(first)
+    if (
+        isinstance(first, sympy.Interval)
+        and first.left_open
+        and first.right_open
+        and _PAREN_PAIR.fullmatch(_normalise(answer)) is not None
+    ):
+        return "tuple", 2
+    return None
+
+
+#: A set gold of n values is compared with at most max(this, 2n) different boxes.
+_MAX_SET_BOXES = 64
+
+
+def _combine_boxes(gold: str, boxes: Sequence[str]) -> tuple[str, tuple[Status, str] | None]:
+    """Override 15: the answer judged for ``boxes`` (every complete box, in order).
+
+    Returns ``(answer, decided)``; ``decided`` is a ``(status, reason)`` when the verdict
+    is known without a comparison. Only for a gold answer that holds several values
+    (:func:`_answer_kind`) and two boxes or more are the boxes combined: into ``a, b, c``
+    for a set, ``(a, b, c)`` for a tuple, each box normalised on its own first (so each is
+    read as it would be alone) and empty boxes left out; for a set, a box that repeats an
+    earlier one (same normalised text) is left out too, since a set takes it once.
+    Otherwise, or when the last box itself holds several values (the model wrote the whole
+    answer in its final box), the last box stands. Decided without comparing: a box that
+    is refused (overrides 11, 13) makes the answer ``ungradable``; more boxes than a tuple
+    gold has values, or more than ``max(_MAX_SET_BOXES, 2n)`` different boxes for a set of
+    ``n`` values (a repetition loop), is ``wrong``.
+    """
+    last = boxes[-1]
+    if len(boxes) < 2:
+        return last, None
+    kind_size = _answer_kind(gold)
+    if kind_size is None or _answer_kind(last) is not None:
+        return last, None
+    kind, size = kind_size
+    parts: list[str] = []
+    seen: set[str] = set()
+    for content in boxes:
+        norm, refusal = _normalise_full(content)
+        if refusal is not None:
+            return ", ".join(b.strip() for b in boxes), ("ungradable", f"{REASON_PRED_UNPARSED}: {refusal}")
+        if not norm or (kind == "set" and norm in seen):
+            continue
+        seen.add(norm)
+        parts.append(norm)
+    if len(parts) < 2:
+        return (parts[0] if parts else ""), None
+    joined = ", ".join(parts)
+    if kind == "tuple":
+        joined = "(" + joined + ")"
+        if len(parts) > size:  # each box is one value or more
+            return joined, ("wrong", f"{len(parts)} boxes for a tuple of {size} values")
+    elif len(parts) > max(_MAX_SET_BOXES, 2 * size):
+        return joined, ("wrong", f"{len(parts)} different boxes for a set of {size} values")
+    return joined, None
+
+
 # --------------------------------------------------------------------------- public API
 
 def gold_parses(gold: str) -> bool:
-    """True when math-verify yields a sympy object for ``gold`` [design].
+    """True when math-verify yields a sympy object for ``gold`` [design]. Never raises.
 
-    The gold is normalised and parsed exactly as a box content would be (see module doc).
-    The runner calls this to reject a problem before any model call.
+    The gold is normalised and parsed exactly as a box content would be (see module doc);
+    an unbalanced gold (``\\frac{1}{2``) does not parse (override 17) [issue 13]. The
+    runner calls this to reject a problem before any model call. A plain integer parses
+    whatever its length (override 18).
     """
+    n = _plain_int(gold)
+    if n is not None and len(n[1]) > _LONG_INT_DIGITS:
+        return True
     p = _parse_answer(gold)
     return p.error is None and _has_sympy(p.items)
 
@@ -839,7 +1202,9 @@ def answers_match(gold: str, answer: str) -> bool:
     return _compare(gold, answer)[0] == "correct"
 
 
-def grade_answer(gold: str, output: str, finish_reason: str | None = None) -> Verdict:
+def grade_answer(
+    gold: str, output: str, finish_reason: str | None = None, *, faithful: bool = False
+) -> Verdict:
     """Grade one model ``output`` against ``gold``. Never raises for any output.
 
     Order of checks:
@@ -849,29 +1214,52 @@ def grade_answer(gold: str, output: str, finish_reason: str | None = None) -> Ve
        model did not finish [design]. Other finish reasons are not special.
     3. No box, or an unbalanced last box -> ``no_answer`` (see ``extract_boxed``); an empty
        box -> ``no_answer``.
-    4. The box content does not parse -> ``ungradable`` "prediction does not parse"; a
+    4. The answer: the last box; for a gold that is a set or a tuple, every complete box
+       combined (override 15) [issue 13].
+    5. The answer does not parse -> ``ungradable`` "prediction does not parse"; a
        math-verify exception or timeout -> ``ungradable`` with that reason.
-    5. ``verify(gold, pred, allow_set_relation_comp=True)`` [InT], plus the small-value
+    6. ``verify(gold, pred, allow_set_relation_comp=True)`` [InT], plus the small-value
        guard -> ``correct`` / ``wrong``.
+
+    ``faithful=True`` grades as the InT paper's released grader did (module doc, "Faithful
+    mode") [issue 15]: the last box always (step 4 never combines), a complete last box of an
+    output cut off at the length limit is graded (step 2 is skipped), and a verdict that
+    would be ``ungradable`` is ``wrong``, its reason ending "the paper's grader scored it 0".
     """
+    verdict = _grade(gold, output, finish_reason, faithful)
+    if faithful and verdict.status == "ungradable":
+        return Verdict("wrong", f"{verdict.reason}; {REASON_FAITHFUL_ZERO}", verdict.extracted)
+    return verdict
+
+
+def _grade(gold: str, output: str, finish_reason: str | None, faithful: bool) -> Verdict:
     if not gold_parses(gold):
         return Verdict("ungradable", REASON_GOLD_UNPARSED, None)
-    if finish_reason == "length":
+    if finish_reason == "length" and not faithful:
         return Verdict("no_answer", REASON_LENGTH, None)
-    content = extract_boxed(output)
-    if content is None:
-        has_box = _BOX_CMD.search(output) is not None
-        return Verdict("no_answer", REASON_UNBALANCED if has_box else REASON_NO_BOX, None)
-    status, reason = _compare(gold, content)
+    boxes, cut = _scan_boxes(output)
+    if cut or not boxes:
+        return Verdict("no_answer", REASON_UNBALANCED if cut else REASON_NO_BOX, None)
+    if faithful:
+        content, decided = boxes[-1], None
+    else:
+        content, decided = _combine_boxes(gold, boxes)
+    status, reason = decided if decided is not None else _compare(gold, content)
     if status == "no_answer":
         return Verdict(status, reason, None)
     return Verdict(status, reason, content)
 
 
-def grade_many(pairs: Sequence[tuple[str, str, str | None]]) -> list[Verdict]:
-    """Grade ``(gold, output, finish_reason)`` triples, in order.
+def grade_many(
+    pairs: Sequence[tuple[str, str, str | None]], *, faithful: bool = False
+) -> list[Verdict]:
+    """Grade ``(gold, output, finish_reason)`` triples, in order (``faithful`` as in
+    :func:`grade_answer`). Never raises.
 
     A simple loop for now; comparisons are memoised per (gold, extracted box content) in
     a bounded module-level LRU cache, and parses per answer string.
     """
-    return [grade_answer(gold, output, finish_reason) for gold, output, finish_reason in pairs]
+    return [
+        grade_answer(gold, output, finish_reason, faithful=faithful)
+        for gold, output, finish_reason in pairs
+    ]

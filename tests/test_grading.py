@@ -20,13 +20,16 @@ from intgen.grading import (
 )
 
 
+def _clear_caches():
+    for cached in (grading._compare, grading._parse_answer, grading._answer_kind, grading._plain_int):
+        cached.cache_clear()
+
+
 @pytest.fixture
 def fresh_caches():
-    grading._compare.cache_clear()
-    grading._parse_answer.cache_clear()
+    _clear_caches()
     yield
-    grading._compare.cache_clear()
-    grading._parse_answer.cache_clear()
+    _clear_caches()
 
 
 def boxed(content: str) -> str:
@@ -736,8 +739,7 @@ def test_issue4_case_11_threads_give_the_serial_verdicts(fresh_caches):
     pairs = _pairs_200()
     serial = [grade_answer(*p) for p in pairs]
     assert {v.status for v in serial} == {"correct", "wrong", "no_answer", "ungradable"}
-    grading._compare.cache_clear()
-    grading._parse_answer.cache_clear()
+    _clear_caches()
     results: dict[int, list[Verdict]] = {}
 
     def work(i: int) -> None:
@@ -776,3 +778,342 @@ def test_override_14_number_bases(gold, pred, status):
 
 def test_override_14_math_verify_drops_the_base():
     assert _raw_mv("52_8", "52_5") is True
+
+
+# ----------------------------------------------------------------------------- issue 13
+# Issue 13 ("Nothing lost, nothing silent"), item 5: each reported case with its kind.
+
+# override 15: several boxes are combined only for a gold that is a set or a tuple
+SEVERAL_BOXES_CASES = [
+    # the reported case, and the same values in the other order (a set is unordered)
+    ("5, 7", r"the two solutions are \boxed{5} and \boxed{7}", "correct", "5, 7"),
+    ("7, 5", r"the two solutions are \boxed{5} and \boxed{7}", "correct", "5, 7"),
+    (r"\{5, 7\}", r"\boxed{7} and \boxed{5}", "correct", "7, 5"),
+    (r"\pm 2", r"x = \boxed{2} or x = \boxed{-2}", "correct", "2, -2"),
+    ("5, 7", r"\boxed{x = 5} and \boxed{x = 7}", "correct", "x = 5, x = 7"),
+    # a tuple is ordered; (5, 7) is read as a pair, not only as an open interval
+    ("(5, 7)", r"\boxed{5} and \boxed{7}", "correct", "(5, 7)"),
+    ("(5, 7)", r"\boxed{7} and \boxed{5}", "wrong", "(7, 5)"),
+    ("(1, 2, 3)", r"\boxed{1}, \boxed{2}, \boxed{3}", "correct", "(1, 2, 3)"),
+    ("(1, 2, 3)", r"\boxed{1}, \boxed{3}, \boxed{2}", "wrong", "(1, 3, 2)"),
+    # three boxes
+    ("5, 7, 9", r"\boxed{5}, \boxed{7} and \boxed{9}", "correct", "5, 7, 9"),
+    ("5, 7", r"\boxed{5}, \boxed{7} and \boxed{9}", "wrong", "5, 7, 9"),
+    ("5, 7, 9", r"\boxed{5} and \boxed{7}", "wrong", "5, 7"),
+    # a repeated box: a set takes it once, a tuple keeps it
+    ("5, 7", r"\boxed{5}, \boxed{7}, and again \boxed{7}", "correct", "5, 7"),
+    ("5, 7", r"\boxed{5}, \boxed{7}, and again \boxed{7.}", "correct", "5, 7"),
+    ("5, 7", r"\boxed{5} and \boxed{5}", "wrong", "5"),
+    ("(5, 5)", r"\boxed{5} and \boxed{5}", "correct", "(5, 5)"),
+    ("(5, 7)", r"\boxed{5}, \boxed{7}, and again \boxed{7}", "wrong", "(5, 7, 7)"),
+    # a repetition loop: a set takes each box once; a tuple has more boxes than values
+    ("5, 7", r"\boxed{5} \boxed{7} " * 2000, "correct", "5, 7"),
+    ("5, 7", " ".join(r"\boxed{%d}" % i for i in range(200)), "wrong", ", ".join(map(str, range(200)))),
+    ("(5, 7)", r"\boxed{5} \boxed{7} " * 2000, "wrong", "(" + ", ".join(["5, 7"] * 2000) + ")"),
+    # one box holding every value: the last box stands when it holds several values
+    ("5, 7", r"\boxed{5, 7}", "correct", "5, 7"),
+    ("5, 7", r"\boxed{5} and \boxed{7}, so \boxed{5, 7}", "correct", "5, 7"),
+    ("(5, 7)", r"\boxed{5} and \boxed{7}, so \boxed{(5, 7)}", "correct", "(5, 7)"),
+    ("5, 7", r"first \boxed{1, 2}, then \boxed{5} and \boxed{7}", "wrong", "1, 2, 5, 7"),
+    # a gold with one value: the last box stands
+    ("7", r"the two solutions are \boxed{5} and \boxed{7}", "correct", "7"),
+    ("5", r"the two solutions are \boxed{5} and \boxed{7}", "wrong", "7"),
+    ("[5, 7]", r"\boxed{5} and \boxed{7}", "wrong", "7"),  # an interval with a bracket
+    # each box is read as it would be alone (overrides 4 and 11), empty boxes are skipped
+    ("1000, 2000", r"\boxed{1\,000} and \boxed{2\,000}", "correct", "1000, 2000"),
+    ("6, 7", r"\boxed{\text{6 marbles}} and \boxed{7}", "correct", "6, 7"),
+    ("5, 7", r"\boxed{} \boxed{5} \boxed{7}", "correct", "5, 7"),
+    ("6, 7", r"\boxed{\text{6 or more}} and \boxed{7}", "ungradable", r"\text{6 or more}, 7"),
+    # boxes that are cut off: an unbalanced last box is no answer, an earlier one is dropped
+    ("5, 7", r"\boxed{5} and \boxed{7", "no_answer", None),
+    ("5, 7", r"\boxed{5} and \boxed{", "no_answer", None),
+    ("5, 7", r"\boxed{5} and \boxed{7 -- no, restart: \boxed{7}", "correct", "5, 7"),
+]
+
+
+@pytest.mark.parametrize("gold, output, status, extracted", SEVERAL_BOXES_CASES)
+def test_override_15_several_boxes(gold, output, status, extracted):
+    v = grade_answer(gold, output)
+    assert (v.status, v.extracted) == (status, extracted)
+
+
+def test_override_15_last_box_alone_is_wrong_and_math_verify_joins_every_box():
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    cfg = [LatexExtractionConfig(), ExprExtractionConfig()]
+    out = r"the two solutions are \boxed{5} and \boxed{7}"
+    assert _raw_mv("5, 7", "7") is False  # the last box alone (the paper's grader)
+    # math-verify on the whole text joins every box, whatever the gold: wrong for gold 7
+    assert verify(parse(r"\boxed{5, 7}", cfg), parse(out, cfg)) is True
+    assert verify(parse(r"\boxed{7}", cfg), parse(out, cfg)) is False
+    assert grade_answer("7", out).status == "correct"
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        (r"\boxed{5} and \boxed{7}", ["5", "7"]),
+        (r"\boxed{\boxed{5}} and \boxed 7", [r"\boxed{5}", "7"]),  # nested: the outer box
+        (r"\boxed{5} and \boxed{7", None),  # cut off
+        (r"\boxed{5 oops \boxed{6}", ["6"]),  # an unbalanced box before a complete one
+        ("no box", []),
+    ],
+)
+def test_extract_boxes(output, expected):
+    assert grading.extract_boxes(output) == expected
+    if expected:
+        assert extract_boxed(output) == expected[-1]
+
+
+# override 16: complex numbers written with decimals, a unit coefficient or "+ -"
+COMPLEX_CASES = [
+    ("14-i", "14.0 + -1.0i", "correct"),  # the reported case
+    ("14-i", "14.0-1.0i", "correct"),
+    ("14-i", "14 - 1.0i", "correct"),
+    ("14-i", "14-1i", "correct"),
+    ("14-i", "14 + -i", "correct"),
+    ("14-i", r"14.0 + -1.0\mathrm{i}", "correct"),
+    ("3+2i", "3.0+2.0i", "correct"),
+    ("3+2i", "2i+3", "correct"),
+    ("-i", "-1.0i", "correct"),
+    ("i", "1.0i", "correct"),  # a bare symbol: math-verify compares it by name only
+    ("2i", "2.0i", "correct"),
+    (r"\frac{5}{2}-\frac{1}{2}i", "2.5-0.5i", "correct"),
+    ("2.5-0.5i", r"\frac{5}{2}-\frac{1}{2}i", "correct"),
+    ("1+i", r"\frac{2+2i}{2}", "correct"),
+    ("3i, -3i", "-3.0i, 3.0i", "correct"),
+    ("x", "1.0x", "correct"),  # the same rule for any bare symbol
+    # wrong stays wrong
+    ("14-i", "14.0 + 1.0i", "wrong"),
+    ("14-i", "14.0 + -2.0i", "wrong"),
+    ("14-i", "-14.0 + -1.0i", "wrong"),
+    ("14-i", "14.1 + -1.0i", "wrong"),
+    ("14-i", "14", "wrong"),
+    ("14", "14.0 + -1.0i", "wrong"),
+    ("-i", "1.0i", "wrong"),
+    ("i", "1.0000001i", "wrong"),
+    ("3+2i", "2.0+3.0i", "wrong"),
+    ("3+2i", "3.0+2.0j", "wrong"),
+    ("2.5-0.5i", r"\frac{5}{2}+\frac{1}{2}i", "wrong"),
+    ("x", "1.0y", "wrong"),
+]
+
+
+@pytest.mark.parametrize("gold, pred, status", COMPLEX_CASES)
+def test_override_16_complex_numbers_with_decimals(gold, pred, status):
+    assert grade_answer(gold, boxed(pred)).status == status
+
+
+def test_override_16_math_verify_reads_two_different_units():
+    from math_verify import LatexExtractionConfig, parse
+
+    assert _raw_mv("14-i", "14.0 + -1.0i") is False
+    assert _raw_mv("-i", "-1.0i") is False
+    assert _raw_mv("i", "1.0i") is False
+    # "14-i" holds a standalone i (a complex unit, not real); in "1.0i" the i follows a
+    # digit, is not seen as complex and is a real symbol: two different symbols
+    (gold,) = [x for x in parse(r"\boxed{14-i}", [LatexExtractionConfig()]) if not isinstance(x, str)]
+    (pred,) = [x for x in parse(r"\boxed{14.0 + -1.0i}", [LatexExtractionConfig()]) if not isinstance(x, str)]
+    assert {s.is_real for s in gold.free_symbols} == {False}
+    assert {s.is_real for s in pred.free_symbols} == {True}
+
+
+# override 17: an unbalanced answer does not parse (a gold is rejected before any model call)
+UNBALANCED_GOLD_CASES = [
+    (r"\frac{1}{2", False),  # the reported case
+    (r"\sqrt{2", False),
+    ("{1", False),
+    ("1}", False),
+    (r"\frac{1}{2}}", False),
+    (r"\left(1", False),
+    (r"\left(1, 2\right", False),
+    (r"1\right)", False),
+    (r"\begin{pmatrix}1\\2", False),
+    (r"\begin{pmatrix}1\\2\end{bmatrix}", False),
+    ("(1, 2", False),
+    ("1, 2)", False),
+    ("]0, 1[", False),
+    # balanced ones stay valid
+    (r"\frac{1}{2}", True),
+    (r"\sqrt{2}", True),
+    ("{1}", True),
+    (r"\left(1, 2\right)", True),
+    (r"\left[1, 2\right)", True),  # \left and \right with different delimiters
+    ("(0, 1]", True),  # an interval mixes bracket kinds
+    ("[1, 2)", True),
+    (r"\{1, 2\}", True),  # escaped braces are not braces
+    (r"\begin{pmatrix}1\\2\end{pmatrix}", True),
+    (r"x \in \left[ 0, 1 \right]", True),
+    (r"\text{(A)}", True),
+]
+
+
+@pytest.mark.parametrize("gold, ok", UNBALANCED_GOLD_CASES)
+def test_override_17_unbalanced_gold_is_rejected(gold, ok):
+    assert gold_parses(gold) is ok
+    if not ok:
+        assert grade_answer(gold, boxed("1")) == Verdict("ungradable", "gold answer does not parse", None)
+        assert answers_match(gold, gold) is False
+
+
+def test_override_17_math_verify_reads_unbalanced_golds():
+    from math_verify import LatexExtractionConfig, parse
+
+    cfg = [LatexExtractionConfig()]
+    # wrapped as \boxed{...}, a missing or an extra closing brace still yields a value
+    assert [x for x in parse("\\boxed{" + r"\frac{1}{2" + "}", cfg) if not isinstance(x, str)] != []
+    assert _raw_mv(r"\frac{1}{2", "0.5") is True
+    assert _raw_mv("1}", "1") is True
+    assert _raw_mv(r"\frac{1}{2}}", "0.5") is True
+
+
+# override 18: integers compare exactly whatever their length
+_LONG = "1" + "2" * 199_999  # 200,000 digits
+
+
+def _other_last_digit(n: str) -> str:
+    return n[:-1] + str((int(n[-1]) + 1) % 10)
+
+
+def _grouped_digits(n: str) -> str:
+    head = len(n) % 3 or 3
+    return "{,}".join([n[:head]] + [n[i : i + 3] for i in range(head, len(n), 3)])
+
+
+LONG_INT_CASES = [
+    (_LONG, _LONG, "correct"),  # the reported case
+    (_LONG, _other_last_digit(_LONG), "wrong"),  # one digit off
+    (_LONG, _LONG[:100_000] + "3" + _LONG[100_001:], "wrong"),  # one digit off, mid-way
+    (_LONG, _LONG[:-1], "wrong"),  # one digit fewer
+    (_LONG, "00" + _LONG, "correct"),  # leading zeros
+    (_LONG, "+" + _LONG, "correct"),
+    ("-" + _LONG, "-" + _LONG, "correct"),  # negative
+    ("-" + _LONG, _LONG, "wrong"),
+    (_LONG, _grouped_digits(_LONG), "correct"),  # digit grouping (override 4)
+    (_LONG, "$" + _LONG + "$", "correct"),
+    (_LONG, "5", "wrong"),  # very long vs short
+    ("5", _LONG, "wrong"),
+    (r"\frac{10}{2}", _LONG, "wrong"),
+    (_LONG, r"\frac{1}{2}", "wrong"),
+    (_LONG, "x", "wrong"),
+    # a long integer against an expression: equal only to its exact value
+    ("1" + "0" * 200_000, "10^{200000}", "correct"),
+    ("1" + "0" * 200_000, "10^{199999}", "wrong"),
+    ("1" + "0" * 5000, r"1.0 \times 10^{5000}", "correct"),
+    ("1" + "2" * 1500, r"\frac{2" + "4" * 1500 + "}{2}", "correct"),
+    # short integers: the same verdicts as math-verify
+    ("007", "7", "correct"),
+    ("-0", "0", "correct"),
+    ("+5", "5", "correct"),
+    ("5", "6", "wrong"),
+]
+
+
+@pytest.mark.parametrize("gold, pred, status", LONG_INT_CASES)
+def test_override_18_long_integers(gold, pred, status):
+    import time
+
+    start = time.perf_counter()
+    v = grade_answer(gold, boxed(pred))
+    assert v.status == status
+    assert v.reason == {"correct": "matches gold", "wrong": "does not match gold"}[status]
+    assert time.perf_counter() - start < 3.0
+    assert gold_parses(gold)
+
+
+def test_override_18_plain_integers_never_reach_math_verify(monkeypatch, fresh_caches):
+    import sys
+
+    def boom(*args, **kwargs):
+        raise AssertionError("math-verify was called")
+
+    monkeypatch.setattr(grading, "parse", boom)
+    monkeypatch.setattr(grading, "verify", boom)
+    assert sys.get_int_max_str_digits() in (0, 4300)  # the limit is in force (0: none)
+    assert gold_parses(_LONG)
+    assert grade_answer(_LONG, boxed(_LONG)).status == "correct"
+    assert grade_answer(_LONG, boxed(_other_last_digit(_LONG))).status == "wrong"
+    assert grade_answer(_LONG, boxed("-" + _LONG)).status == "wrong"
+    # short integers still go through math-verify, as before
+    assert grade_answer("12", boxed("012")).status == "ungradable"
+
+
+def test_override_18_math_verify_cannot_read_long_integers():
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    with pytest.raises(ValueError):
+        int(_LONG)  # Python's int-string limit (4300 digits by default)
+    n = _LONG[:10_000]  # past the limit too, and quicker for math-verify's parser
+    # no value, only the string: equal texts match, equal numbers written otherwise do not
+    parsed = parse("\\boxed{" + n + "}", [LatexExtractionConfig(), ExprExtractionConfig()])
+    assert all(isinstance(x, str) for x in parsed)
+    assert _raw_mv(n, "00" + n) is False
+    assert _raw_mv(n, _grouped_digits(n)) is False
+    # and intgen's parse (used before override 18) finds no value: ungradable
+    assert grading._parse_answer(n).items == ()
+    assert grade_answer(n, boxed("00" + n)).status == "correct"
+
+
+# ----------------------------------------------------------------------------- issue 15
+# Faithful mode (issue 15, item 4): grade as the paper's released grader did.
+
+_ZERO = "; the paper's grader scored it 0"
+
+FAITHFUL_CASES = [
+    # (gold, output, finish_reason, default status, faithful status)
+    # an output cut at the length limit that holds a complete box is graded (the reported case)
+    ("42", boxed("42"), "length", "no_answer", "correct"),
+    ("42", boxed("41"), "length", "no_answer", "wrong"),
+    ("42", r"first \boxed{41}, then \boxed{42} and on and on", "length", "no_answer", "correct"),
+    # ... but a cut-off last box, or no box, is still no answer
+    ("42", r"\boxed{42} and later \boxed{4", "length", "no_answer", "no_answer"),
+    ("42", "the answer is 42", "length", "no_answer", "no_answer"),
+    ("42", r"\boxed{4", None, "no_answer", "no_answer"),
+    # the last box always: several boxes are never combined
+    ("5, 7", r"the two solutions are \boxed{5} and \boxed{7}", None, "correct", "wrong"),
+    ("5, 7", r"the two solutions are \boxed{5} and \boxed{7}", "length", "no_answer", "wrong"),
+    ("(5, 7)", r"\boxed{5} and \boxed{7}", None, "correct", "wrong"),
+    ("5, 7", r"\boxed{5} and \boxed{7}, so \boxed{5, 7}", None, "correct", "correct"),
+    ("7", r"\boxed{5} and \boxed{7}", None, "correct", "correct"),
+    # ungradable is wrong (scored 0)
+    ("42", boxed(r"\frac{}{}"), None, "ungradable", "wrong"),
+    ("6", boxed(r"\text{6 or more}"), None, "ungradable", "wrong"),
+    ("6", boxed(r"\text{6 or more}"), "length", "no_answer", "wrong"),
+    ("}{", boxed("5"), None, "ungradable", "wrong"),
+    (r"\frac{1}{2", boxed("0.5"), None, "ungradable", "wrong"),
+    # what is correct or wrong stays so, with intgen's overrides
+    (r"\frac{1}{2}", boxed("0.5"), "stop", "correct", "correct"),
+    ("42", boxed("43"), None, "wrong", "wrong"),
+    ("14-i", boxed("14.0 + -1.0i"), None, "correct", "correct"),
+    (r"\frac{7}{2}", boxed("3 1/2"), None, "correct", "correct"),
+    (_LONG, boxed(_LONG), "length", "no_answer", "correct"),
+    ("42", r"\boxed{}", None, "no_answer", "no_answer"),
+]
+
+
+@pytest.mark.parametrize("gold, output, finish_reason, default, faithful", FAITHFUL_CASES)
+def test_faithful_mode(gold, output, finish_reason, default, faithful):
+    plain = grade_answer(gold, output, finish_reason)
+    v = grade_answer(gold, output, finish_reason, faithful=True)
+    assert (plain.status, v.status) == (default, faithful)
+    if plain.status == "ungradable":
+        assert v == Verdict("wrong", plain.reason + _ZERO, plain.extracted)
+    if (gold, output) == ("42", boxed("42")):
+        assert v == Verdict("correct", "matches gold", "42")
+    assert grade_many([(gold, output, finish_reason)], faithful=True) == [v]
+
+
+def test_faithful_mode_timeout_and_exception_are_wrong(monkeypatch, fresh_caches):
+    def slow(*args, **kwargs):
+        raise TimeoutException("Operation timed out!")
+
+    monkeypatch.setattr(grading, "verify", slow)
+    assert grade_answer("42", boxed("x+1")).status == "ungradable"
+    assert grade_answer("42", boxed("x+1"), faithful=True) == Verdict(
+        "wrong", "math-verify timed out while comparing" + _ZERO, "x+1"
+    )
+
+
+def test_faithful_mode_is_keyword_only():
+    with pytest.raises(TypeError):
+        grade_answer("42", boxed("42"), None, True)  # type: ignore[misc]

@@ -107,3 +107,79 @@ def test_issue4_case_11_pool_from_four_threads_gives_the_serial_verdicts():
     assert len(results) == 4
     for i in range(4):
         assert results[i] == serial
+
+
+def test_several_boxes_reach_the_workers(grader):
+    """Override 15: the pool keeps every box, so a set or tuple gold is judged on all of them."""
+    out = r"the two solutions are \boxed{5} and \boxed{7}"
+    triples = [("5, 7", out, None), ("(5, 7)", out, None), ("7", out, None), ("5", out, None)]
+    assert [v.status for v in grader.grade_many(triples)] == ["correct", "correct", "correct", "wrong"]
+    assert grader.grade_many(triples) == [grade_answer(*t) for t in triples]
+
+
+def _issue13_and_15_triples() -> list[tuple[str, str, str | None]]:
+    """Every case of the kinds added for issues 13 and 15 (tests/test_grading.py)."""
+    from test_grading import (  # tests/ is on sys.path (pytest prepend import mode)
+        COMPLEX_CASES,
+        FAITHFUL_CASES,
+        LONG_INT_CASES,
+        SEVERAL_BOXES_CASES,
+        UNBALANCED_GOLD_CASES,
+        boxed,
+    )
+
+    triples = [(g, o, None) for g, o, _, _ in SEVERAL_BOXES_CASES]
+    triples += [(g, boxed(p), None) for g, p, _ in COMPLEX_CASES + LONG_INT_CASES]
+    triples += [(g, boxed("1"), None) for g, _ in UNBALANCED_GOLD_CASES]
+    triples += [(g, o, f) for g, o, f, _, _ in FAITHFUL_CASES]
+    return triples
+
+
+def test_pool_verdicts_equal_in_process_verdicts_on_the_new_kinds(grader):
+    """Issues 13 and 15: through the pool (compacted outputs), in both modes, the verdicts
+    of grade_answer on the full outputs."""
+    triples = _issue13_and_15_triples()
+    assert grader.grade_many(triples) == [grade_answer(*t) for t in triples]
+    assert grader.grade_many(triples, faithful=True) == [grade_answer(*t, faithful=True) for t in triples]
+
+
+def test_faithful_is_part_of_the_cache_key(grader):
+    out = "so the answer is \\boxed{42} and then the model went on and on"
+    assert grader.submit("42", out, "length").result().status == "no_answer"
+    assert grader.submit("42", out, "length", faithful=True).result() == Verdict("correct", "matches gold", "42")
+    assert grader.submit("42", out, "length").result().status == "no_answer"
+
+    async def main():
+        return await grader.grade("5, 7", r"\boxed{5} and \boxed{7}", faithful=True)
+
+    assert asyncio.run(main()).status == "wrong"
+
+
+def test_faithful_timeout_scores_zero():
+    """The paper's grader: a 10 s limit (here 1 s), score 0 on timeout."""
+    with GradingPool(workers=1, timeout_s=1.0) as pool:
+        verdict = pool.submit("5", r"\boxed{9^{9^{9^{9}}}}", faithful=True).result()
+        assert verdict == Verdict(
+            "wrong", "grader timed out after 1 s; the paper's grader scored it 0", "9^{9^{9^{9}}}"
+        )
+        assert pool.submit("5", r"\boxed{5}", "length", faithful=True).result().status == "correct"
+
+
+def test_compact_output_holds_the_same_boxes():
+    """The compacted output reads back as the same boxes (or the same cut-off), whatever
+    the braces, escapes and box forms around them: 20,000 random outputs."""
+    import random
+
+    from intgen.grading import _scan_boxes
+    from intgen.grading_pool import _compact
+
+    tokens = ["\\boxed", "\\fbox", "{", "}", "\\{", "\\}", "\\\\", " ", "5", "$", "x",
+              "\\boxed ", "\\boxed{", "7}", "\t", "\\"]
+    rng = random.Random(0)
+    for _ in range(20_000):
+        output = "".join(rng.choice(tokens) for _ in range(rng.randint(0, 14)))
+        boxes, cut = _scan_boxes(output)
+        for faithful in (False, True):
+            expected = ([], True) if cut else (boxes[-1:] if faithful else boxes, False)
+            assert _scan_boxes(_compact(output, faithful)) == expected, (output, faithful)
+    assert _compact("\\boxed \\} and \\boxed{5}") == "\\boxed \\ \\boxed{5}"
