@@ -19,7 +19,8 @@ from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from intgen import resources
+
 
 
 class SpecError(ValueError):
@@ -385,13 +386,16 @@ def validate(model: type[BaseModel], raw: dict[str, Any], what: str = "spec"):
 
 def resolve_path(value: str, spec_dir: Path | None, what: str) -> Path:
     """Find a path named in a spec: as given (absolute or from the working directory),
-    then relative to the spec file's folder, then relative to the intgen checkout.
+    then relative to the spec file's folder, then among intgen's bundled files
+    (``prompts/...``, ``pipelines/...``, ``data/...``: :mod:`intgen.resources`).
 
     Raises:
         FileNotFoundError: none exists; the message lists where it looked and names ``what``.
     """
     p = Path(value).expanduser()
-    candidates = [p] if p.is_absolute() else [Path.cwd() / p] + ([spec_dir / p] if spec_dir else []) + [REPO_ROOT / p]
+    candidates = [p] if p.is_absolute() else [Path.cwd() / p] + ([spec_dir / p] if spec_dir else [])
+    if not p.is_absolute() and (shipped := resources.bundled(p)) is not None:
+        candidates.append(shipped)
     candidates = list(dict.fromkeys(c.resolve() for c in candidates))
     for c in candidates:
         if c.is_file():

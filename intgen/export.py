@@ -89,8 +89,7 @@ import pyarrow.parquet as pq
 import yaml
 
 import intgen
-from intgen import tables
-from intgen.config import REPO_ROOT
+from intgen import resources, tables
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ SPLIT = "train"
 CONFIGS = ("interventions", "sft", "rl", "llamafactory", "processbench")
 #: a config is cut into Parquet shards of at most about this many bytes (Arrow's in-memory size)
 DEFAULT_MAX_SHARD_BYTES = 256 * 2**20
-CARD_TEMPLATE = REPO_ROOT / "data_cards" / "intgen_dataset.md.j2"
+CARD_TEMPLATE = resources.folder("data_cards") / "intgen_dataset.md.j2"
 CARD_NAME = "README.md"
 FUNNEL_PNG = "funnel.png"
 DISTRIBUTIONS_PNG = "distributions.png"

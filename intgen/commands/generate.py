@@ -48,11 +48,14 @@ def run(args: argparse.Namespace) -> int:
     from intgen.rundir import RunDirError
     from intgen.store import StoreError
 
+    from intgen.resources import job_spec
+
     overrides = list(args.overrides)
     if args.limit is not None:
         overrides.append(f"limit={args.limit}")
     try:
-        spec = load_spec(args.job, overrides)
+        job = job_spec(args.job)
+        spec = load_spec(job, overrides)
     except (SpecError, FileNotFoundError) as e:
         print(f"intgen generate: {e}", file=sys.stderr)
         return 2
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"resuming the run in {out}", file=sys.stderr)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        result = run_job(spec, out, spec_dir=Path(args.job).resolve().parent, progress=not args.quiet)
+        result = run_job(spec, out, spec_dir=job.resolve().parent, progress=not args.quiet)
     except (SpecError, FileNotFoundError, FileExistsError, UnknownModelError, BackendError, ResumeError,
             SourceError, PromptError, NotADirectoryError, StoreError, RunDirError) as e:
         print(f"intgen generate: {e}", file=sys.stderr)
@@ -96,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="run rollout -> propose -> check -> baseline -> select for a job spec")
-    p.add_argument("job", help="the job spec, a YAML file (e.g. pipelines/demo.yaml)")
+    p.add_argument("job", help="the job spec: a YAML file, or a bundled spec's name (demo, int-paper; "
+                               "`intgen pipelines` lists them)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. check.r=8 backend.kind=fake")
     p.add_argument("--out", help="the run directory (default: runs/<name>); an existing run there is resumed")
     p.add_argument("--limit", type=int, help="number of problems (overrides the spec's limit)")
