@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,32 +91,16 @@ async def _calibrate() -> dict[str, float]:
 
 
 def measured_funnel(out: Path) -> dict[str, float]:
-    """Funnel rates and output lengths of a finished run, as simulator settings."""
-    rollouts = pq.read_table(out / "rollouts.parquet").to_pylist()
-    cands = pq.read_table(out / "candidates.parquet").to_pylist()
+    """The run's funnel (:func:`intgen.plan.measured_funnel`) as simulator settings."""
+    from intgen.plan import measured_funnel as measure
+
+    f = measure(out)
     conts = pq.read_table(out / "continuations.parquet").to_pylist()
-    checks = [c for c in conts if c["kind"] == "check"]
     base = [c for c in conts if c["kind"] == "baseline"]
-    by_cand: dict[str, list[bool]] = {}
-    for c in checks:
-        by_cand.setdefault(c["candidate_id"], []).append(c["verdict"] == "correct")
-    good = [v for v in by_cand.values() if any(v)]
-    lengths = [r["completion_tokens"] for r in rollouts + checks if r["completion_tokens"]]
-    logs = [math.log(x) for x in lengths]
-
-    def median(rows):
-        values = [r["completion_tokens"] for r in rows if r["completion_tokens"]]
-        return statistics.median(values) if values else 1.0
-
-    return {
-        "p_correct": sum(r["verdict"] == "correct" for r in rollouts) / max(1, len(rollouts)),
-        "p_parse": sum(c["parse_status"] in ("ok", "answer_leak") for c in cands) / max(1, len(cands)),
-        "p_good": len(good) / max(1, len(by_cand)),
-        "good_rate": statistics.mean(sum(v) / len(v) for v in good) if good else 0.0,
-        "baseline_rate": sum(c["verdict"] == "correct" for c in base) / max(1, len(base)),
-        "rollout_tokens": median(rollouts), "proposer_tokens": median(cands), "continuation_tokens": median(checks),
-        "length_sigma": statistics.pstdev(logs) if len(logs) > 1 else 0.0,
-    }
+    return {"p_correct": 1 - f.p_failed, "p_parse": f.p_parse, "p_good": f.p_good, "good_rate": f.good_rate,
+            "baseline_rate": sum(c["verdict"] == "correct" for c in base) / max(1, len(base)),
+            "rollout_tokens": f.rollout_tokens, "proposer_tokens": f.proposer_tokens,
+            "continuation_tokens": f.continuation_tokens, "length_sigma": f.length_sigma}
 
 
 def predict(out: Path, folder: Path, constants: dict[str, float]) -> float:

@@ -86,6 +86,7 @@ class StageStatus:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    generated_tokens: int = 0  # output tokens an engine generated in this session (not from the store)
     first_at: float | None = None  # wall clock (epoch seconds) of the first request
     last_at: float | None = None  # wall clock of the last delivered completion
     done: bool = False
@@ -100,7 +101,7 @@ class StageStatus:
 
     def as_dict(self) -> dict[str, Any]:
         keys = ("requests", "sent", "answered", "from_store", "failed", "rejected", "aborted", "not_sent", "prompt_tokens",
-                "completion_tokens", "cached_tokens", "first_at", "last_at")
+                "completion_tokens", "cached_tokens", "generated_tokens", "first_at", "last_at")
         return {"status": self.state, **{k: getattr(self, k) for k in keys}}
 
 
@@ -179,6 +180,8 @@ class Executor:
         self._last_status = 0.0
         self._states: dict[str, str] = {}
         self._seconds: dict[str, list[float]] = {}
+        #: wall clock (epoch seconds) of the first request sent to an engine and the last answer from one
+        self.engine_span: list[float | None] = [None, None]
 
     # -- engines ------------------------------------------------------------------------------
     def add_engine(self, role: str, backend: Backend, model: str) -> None:
@@ -386,6 +389,8 @@ class Executor:
         self._wakeup()
 
     def _launch(self, lane: _Lane, item: _Item) -> None:
+        if self.engine_span[0] is None:
+            self.engine_span[0] = time.time()
         st = item.stage
         st.queued -= 1
         st.in_flight += 1
@@ -419,6 +424,8 @@ class Executor:
                 return
         if c.finish_reason in ("stop", "length"):
             item.stage.answered += 1
+        item.stage.generated_tokens += c.completion_tokens
+        self.engine_span[1] = time.time()
         self._count(item, c)
         self._deliver(item, c)
 

@@ -544,6 +544,18 @@ def llamafactory_dataset_info(run_name: str, repo_id: str | None = None) -> dict
     return info
 
 
+def _cost(run_dir: Path, stats: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's measured engine time (``stats.json`` ledger) and the plan made when it started."""
+    led = stats.get("ledger")
+    if not isinstance(led, dict) or "gpu_hours" not in led:
+        return None
+    plan = _read_json(run_dir / "plan.json")
+    sessions = led.get("sessions") or []
+    return {"gpu_hours": led["gpu_hours"], "sessions": len(sessions),
+            "engines": max((x.get("engines", 1) for x in sessions), default=1),
+            "planned": plan.get("gpu_hours") if plan else None}
+
+
 def render_card(run_dir: str | Path, views: dict[str, pa.Table], result: ExportResult, *,
                 repo_id: str | None = None, plots: dict[str, bool] | None = None, partial: bool = False) -> str:
     """The dataset card (README.md with YAML metadata) from ``data_cards/`` (Jinja2).
@@ -616,6 +628,7 @@ def render_card(run_dir: str | Path, views: dict[str, pa.Table], result: ExportR
         "llamafactory_name": f"intgen_{_slug(job.get('name', run_dir.name))}",
         "has_prompt_text": views["sft"].num_rows > 0 and views["sft"].column("prompt_text").null_count == 0,
         "partial": partial,
+        "cost": _cost(run_dir, stats),
         "failed_requests": manifest.get("failed_requests", 0),
     }
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,

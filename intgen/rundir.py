@@ -143,6 +143,29 @@ def write_manifest(out: Path, spec: JobSpec, **fields: Any) -> None:
     tables.write_json({"spec_fingerprint": spec.fingerprint(), "versions": versions(), **fields}, out / MANIFEST)
 
 
+def ledger(out: Path, stages: dict[str, Any], engines: int, span: list[float | None]) -> dict[str, Any]:
+    """``stats.json``'s ``ledger`` (docs/plan.md): per stage the requests and tokens of the
+    whole run (answers read back from the store included), and one entry per session (each
+    ``intgen generate`` of this folder) with the engine time it spent, kept across resumes;
+    ``gpu_hours`` = the sessions' engine time x ``engines`` / 3600."""
+    sessions: list[dict[str, Any]] = []
+    try:
+        sessions = list(json.loads((out / STATS).read_text()).get("ledger", {}).get("sessions", []))
+    except (OSError, ValueError, AttributeError):
+        pass
+    first, last = span
+    seconds = (last - first) if first is not None and last is not None else 0.0
+    sessions.append({"ended_at": time.time(), "engine_seconds": round(seconds, 3), "engines": engines,
+                     "sent": sum(st.sent for st in stages.values()),
+                     "generated_tokens": sum(st.generated_tokens for st in stages.values())})
+    return {"stages": {k: {"requests": st.requests, "prompt_tokens": st.prompt_tokens,
+                           "output_tokens": st.completion_tokens, "from_store": st.from_store}
+                       for k, st in stages.items()},
+            "sessions": sessions,
+            "engine_seconds": round(sum(x["engine_seconds"] for x in sessions), 3),
+            "gpu_hours": sum(x["engine_seconds"] * x["engines"] for x in sessions) / 3600}
+
+
 def write_stats(out: Path, stats: dict[str, Any]) -> None:
     """``stats.json``, keeping the keys other commands added (``intgen eval lift`` writes ``lift``)."""
     previous = out / STATS

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from intgen import tables
 from intgen.backends import Backend, BackendError, Sampling, make_backend
-from intgen.config import JobSpec
+from intgen.config import JobSpec, SimSpec
 from intgen.executor import Executor
 from intgen.grading_pool import GradingPool
 from intgen.models import check_model_name
+from intgen.plan import Engine, Funnel, make_plan
 from intgen.prompts import load_prompt
-from intgen.rundir import (check_out_dir, load_problems, open_run_dir, resolve_spec_paths, run_lock, write_manifest,
-                           write_stats)
+from intgen.rundir import (check_out_dir, ledger, load_problems, open_run_dir, resolve_spec_paths, run_lock,
+                           write_manifest, write_stats)
 from intgen.stages import GENERATE_STAGES
 from intgen.stages.baseline import BaselineStage
 from intgen.stages.check import CheckStage
@@ -98,6 +99,10 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
         tables.write_parquet(problems, tables.PROBLEMS, out / "problems.parquet")
         manifest()
         await ex.prepare()
+        # what the run should cost, before any model call (intgen plan's defaults; inspect shows plan vs actual)
+        expected = make_plan(spec, problems, prompt, policy, proposer, Funnel.from_sim(SimSpec()),
+                             Engine.from_sim(spec.backend.sim))
+        tables.write_json(asdict(expected), out / "plan.json")
         by_id = {p.problem_id: p for p in problems}
         order = {p.problem_id: i for i, p in enumerate(problems)}
         s = spec.sampling
@@ -140,6 +145,7 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
                  "check_stopped": dict(sorted(Counter(r.check_stopped for r in rows if r.check_stopped).items())),
                  "grading": {"cache_hits": grader.hits, "cache_misses": grader.misses},
                  "reused_samples": sum(st.from_store for st in ex.stages.values()),
+                 "ledger": ledger(out, ex.stages, engines=len({id(policy), id(proposer)}), span=ex.engine_span),
                  "failed_requests": {k: st.failed + st.aborted for k, st in ex.stages.items()},
                  "rejected_requests": {k: st.rejected for k, st in ex.stages.items()},
                  # per engine: wall seconds spent at each number of requests in flight (index) while requests

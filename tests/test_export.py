@@ -353,7 +353,7 @@ def test_card_metadata_funnel_ledger_and_notes(run):
 def test_card_of_the_demo_sources_carries_their_mit_license(tmp_path, grader):
     from huggingface_hub import DatasetCard
 
-    from intgen.config import REPO_ROOT
+    REPO_ROOT = Path(__file__).resolve().parent.parent
 
     spec = load_spec(str(REPO_ROOT / "pipelines" / "demo.yaml"), ["backend.kind=fake", "limit=2"])
     out = tmp_path / "demo"

@@ -60,9 +60,12 @@ def describe_run(run_dir: Path) -> dict:
             "answered": got.get("samples", 0), "failed": entry.get("failed"),
             "prompt_tokens": got.get("prompt_tokens", 0), "completion_tokens": got.get("completion_tokens", 0),
         }
+    plan = json.loads((run_dir / "plan.json").read_text()) if (run_dir / "plan.json").is_file() else None
+    stats = json.loads((run_dir / "stats.json").read_text()) if (run_dir / "stats.json").is_file() else {}
     status = manifest.get("status") or ("complete" if manifest.get("complete") else "running")
     return {"run_dir": str(run_dir), "status": status, "complete": status == "complete",
-            "failed_requests": manifest.get("failed_requests", 0), "stages": stages}
+            "failed_requests": manifest.get("failed_requests", 0), "stages": stages,
+            "plan": plan, "ledger": stats.get("ledger")}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,6 +90,15 @@ def run(args: argparse.Namespace) -> int:
             return "-" if v is None else str(v)
         print(f"  {stage:<9} {s['status']:<9} {show(s['rows']):>8} {show(s['requests']):>9} {s['answered']:>9} "
               f"{show(s['failed']):>7} {s['prompt_tokens']:>11} {s['completion_tokens']:>11}")
+    if info["plan"] and info["ledger"]:
+        from intgen.plan import Plan, format_plan
+
+        plan = Plan(**info["plan"])
+        print("\nplan vs actual (plan: intgen plan's defaults, made when the run started; intgen plan --from-run "
+              "DIR re-plans with this run's funnel)")
+        print(format_plan(plan, info["ledger"]["stages"]))
+        print(f"  actual GPU-hours: {info['ledger']['gpu_hours']:,.4f} over {len(info['ledger']['sessions'])} "
+              "session(s) (engine time, every resume included)")
     return 0
 
 
