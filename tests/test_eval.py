@@ -27,13 +27,12 @@ from intgen.evaluation.spec import load_localize_spec
 from intgen.runner import run_job
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
-PB = SHARED / "processbench" / "sample_200.jsonl"
-LINKS = SHARED / "processbench" / "sample_200_reference_links.jsonl"
-PRM = SHARED / "prm800k" / "phase1_test_stepwise_sample.jsonl"
+EVAL = ROOT / "data" / "eval"  # the samples intgen ships (data/eval/README.md)
+PB = EVAL / "processbench_sample.jsonl"
+LINKS = EVAL / "processbench_sample_reference_links.jsonl"
+PRM = EVAL / "prm800k_stepwise_sample.jsonl"
 REFERENCES = ("reference=[{path: %s, adapter: gsm8k}, {path: %s, adapter: math}, {path: %s, adapter: olympiadbench}]"
-              % (SHARED / "gsm8k/test.jsonl", SHARED / "math/test.jsonl", SHARED / "olympiadbench/OE_TO_maths_en_COMP.jsonl"))
-needs_shared = pytest.mark.skipif(not PB.exists(), reason="the shared data (../shared/data) is not here")
+              % (EVAL / "gsm8k_references.jsonl", EVAL / "math_references.jsonl", EVAL / "olympiadbench_references.jsonl"))
 
 
 # -- metrics by hand -------------------------------------------------------------------------
@@ -109,7 +108,7 @@ def test_report_prints_undefined_never_zero():
     assert "left out, F1 undefined: B" in md
 
 
-# -- localize on the shared data with a scripted proposer ----------------------------------------
+# -- localize on the shipped samples with a scripted proposer ----------------------------------------
 
 
 def _scripted_proposer(request):
@@ -129,7 +128,6 @@ def _scripted_proposer(request):
     return '<intervention>{"content": "Start over.", "location": "Substep 1"}</intervention>'
 
 
-@needs_shared
 def test_localize_label_mapping_reference_join_and_report(tmp_path):
     spec = load_localize_spec(None, ["backend.kind=fake", "per_subset=3", "propose.m=2", REFERENCES], model="fake")
     backend = FakeBackend(_scripted_proposer)
@@ -165,7 +163,6 @@ def test_localize_label_mapping_reference_join_and_report(tmp_path):
     assert again.calls == []
 
 
-@needs_shared
 def test_prm800k_rows_label_is_the_rated_step_and_last_step_baseline_is_perfect(tmp_path):
     examples, skipped = load_examples(PRM)
     assert len(examples) == 59 and skipped == {"not_first_error": 196 - 59}
@@ -174,7 +171,7 @@ def test_prm800k_rows_label_is_the_rated_step_and_last_step_baseline_is_perfect(
         r = raw[e.example_id]
         assert list(e.steps) == r["responses"] + [r["next_response"]] and e.label == len(r["responses"])
     spec = load_localize_spec(None, ["backend.kind=fake", "limit=10",
-                                     f"reference={{path: {SHARED / 'math500/test.jsonl'}, adapter: math}}"], model="x")
+                                     f"reference={{path: {EVAL / 'math500_references.jsonl'}, adapter: math}}"], model="x")
     result = asyncio.run(localize_async(spec, PRM, tmp_path, backend=FakeBackend(_scripted_proposer), progress=False))
     rep = result.report
     assert rep["references"]["with"] == 10  # all PRM800K problems are MATH-500 problems
@@ -223,7 +220,6 @@ def _assert_report_matches_predictions(report: dict, preds: list[dict]) -> None:
 # -- localize with the real CPU model ---------------------------------------------------------
 
 
-@needs_shared
 def test_localize_cpu_model_eight_processbench_rows(tmp_path, vllm_engine):
     from intgen.evaluation.localize import localize_async
     from intgen.evaluation.spec import load_localize_spec
