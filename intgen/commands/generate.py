@@ -10,13 +10,38 @@ from pathlib import Path
 
 
 def print_funnel(result) -> None:
-    """Print a run's directory and funnel counts."""
+    """Print a run's directory, funnel counts and its most frequent reject reasons."""
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+
     f = result.funnel
     width = max(len(k) for k in f)
     print(f"\nrun directory: {result.out_dir}")
     print("funnel:")
     for key, value in f.items():
         print(f"  {key:<{width}}  {value}")
+    try:
+        reasons = Counter(pq.read_table(result.out_dir / "rejects.parquet", columns=["reason"]).column(0).to_pylist())
+        inter = pq.read_table(result.out_dir / "interventions.parquet", columns=["reject_reason"]).column(0).to_pylist()
+        reasons.update(r for r in inter if r)
+    except Exception:  # noqa: BLE001  (a summary never fails a finished run)
+        reasons = Counter()
+    if reasons:
+        print("top reasons something was dropped: " + ", ".join(f"{k} {v}" for k, v in reasons.most_common(4)))
+
+
+def print_where(out: Path, export_dir: Path, sft_rows: int) -> None:
+    """Where the dataset, its card and the SFT rows are, and what to do next."""
+    print(f"dataset: {export_dir} (card: {export_dir / 'README.md'})")
+    if sft_rows:
+        print(f"SFT rows: {sft_rows} in {out / 'sft.parquet'}; load them with "
+              f"datasets.load_dataset('{export_dir}', 'sft', split='train'), or train with "
+              f"intgen train sft --data {out} --model MODEL")
+    else:
+        print(f"no SFT rows: no intervention was accepted (see {out / 'interventions.parquet'}, reject_reason); "
+              "a stronger model, larger check.r or more problems give some")
+    print(f"what happened, stage by stage: intgen inspect {out}")
 
 
 def _resume_command(args: argparse.Namespace, out: Path) -> str:
@@ -89,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from intgen.export import export_run
 
     try:  # the run's tables are written; a failed export is reported, and `intgen export` redoes it
-        print(f"export: {export_run(out)}")
+        print_where(out, export_run(out), result.funnel.get("sft_rows", 0))
     except Exception as e:  # noqa: BLE001
         print(f"intgen generate: the run is complete, but its export failed ({type(e).__name__}: {e}); "
               f"run `intgen export {shlex.quote(str(out))}` after fixing the cause", file=sys.stderr)
