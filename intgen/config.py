@@ -1,4 +1,4 @@
-"""The job spec: YAML validated into typed pydantic models (DESIGN section 3).
+"""The job spec: YAML validated into typed pydantic models (docs/job-spec.md).
 
 A spec is read from a YAML file with OmegaConf, dotted ``key=value`` overrides from the
 command line are merged in (OmegaConf's dotlist), and the result is validated by
@@ -97,7 +97,7 @@ class SimSpec(_Model):
 
 
 class BackendSpec(_Model):
-    """Which engine serves the model (DESIGN section 5). Keys are documented in
+    """Which engine serves the model (docs/job-spec.md, "backend"). Keys are documented in
     ``docs/job-spec.md``; each kind reads the keys it needs and ignores the others."""
 
     kind: Literal["vllm", "openai", "transformers", "fake", "sim"] = "vllm"
@@ -132,7 +132,7 @@ class BackendSpec(_Model):
 
 
 class SamplingSpec(_Model):
-    """Sampling parameters shared by every stage (paper's released code, digest 5.1)."""
+    """Sampling parameters shared by every stage (paper's released code, docs/paper.md)."""
 
     temperature: float = Field(default=0.7, ge=0.0)
     top_p: float = Field(default=0.8, gt=0.0, le=1.0)
@@ -178,7 +178,7 @@ class BaselineSpec(_Model):
 
 
 class GradingSpec(_Model):
-    """The grading pool (DESIGN section 6)."""
+    """The grading pool (docs/grading.md)."""
 
     workers: int | None = Field(default=None, ge=1)
     timeout_s: float = Field(default=10.0, gt=0)
@@ -205,7 +205,7 @@ class ExecutorSpec(_Model):
 
 
 class JobSpec(_Model):
-    """A whole job (DESIGN section 3). ``faithful: true`` applies the paper's choices."""
+    """A whole job (docs/job-spec.md). ``faithful: true`` applies the paper's choices."""
 
     name: str = "run"
     seed: int = Field(default=0, ge=0, lt=2**63)
@@ -252,7 +252,7 @@ class JobSpec(_Model):
     def _faithful_preset(self) -> "JobSpec":
         """The faithful preset: the paper's released code where intgen differs.
 
-        Source: digest sections 2.5 and 9 (first parsed candidate per attempt, raw
+        Source: docs/paper.md (first parsed candidate per attempt, raw
         substring leak test, doubled newlines, no early stop). A spec that sets
         ``faithful: true`` and explicitly asks for a conflicting choice is an error.
         """

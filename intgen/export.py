@@ -1,5 +1,5 @@
 """Export a run directory as one Hugging Face dataset with five configs, and its card
-(DESIGN section 7).
+(README.md, "Export and the Hub").
 
 ``export_run(RUN_DIR)`` writes ``RUN_DIR/export/``::
 

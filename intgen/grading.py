@@ -3,7 +3,7 @@
 Every rollout, continuation and answer-leak check in intgen is graded here, so the
 rules are strict and written down. Sources:
 
-* [design] the project design notes (answer = last complete box, cut-off outputs have no
+* [docs/grading.md] intgen's own rules (answer = last complete box, cut-off outputs have no
   answer, gold checked before any model call, verdicts never raise);
 * [InT] the InT paper's grader (arXiv 2601.14209): math-verify ``parse`` with
   ``LatexExtractionConfig()`` and ``ExprExtractionConfig()`` on both sides, then
@@ -32,7 +32,7 @@ exception or timeout, or a gold answer that does not parse).
 
 Policy overrides of math-verify (each has a test in tests/test_grading.py):
 
-1. Only the content of the last complete box is judged [design] (except for a set or
+1. Only the content of the last complete box is judged [docs/grading.md] (except for a set or
    tuple gold, override 15). math-verify on a whole output falls back to the last number
    anywhere in the text; intgen never does.
 2. No fragments [design, MV#82, MV#81]: the box content is parsed as LaTeX first. If that
@@ -355,7 +355,7 @@ def _read_box(
 def extract_boxed(text: str) -> str | None:
     """Return the content of the LAST ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``.
 
-    Rules [design]:
+    Rules [docs/grading.md]:
 
     * The answer is the content of the last box command in the text that is not inside
       another complete box, and only that one. In ``\\boxed{\\boxed{5}}`` the outer box is
@@ -1179,7 +1179,7 @@ def _combine_boxes(gold: str, boxes: Sequence[str]) -> tuple[str, tuple[Status, 
 # --------------------------------------------------------------------------- public API
 
 def gold_parses(gold: str) -> bool:
-    """True when math-verify yields a sympy object for ``gold`` [design]. Never raises.
+    """True when math-verify yields a sympy object for ``gold`` [docs/grading.md]. Never raises.
 
     The gold is normalised and parsed exactly as a box content would be (see module doc);
     an unbalanced gold (``\\frac{1}{2``) does not parse (override 17) [issue 13]. The
@@ -1211,7 +1211,7 @@ def grade_answer(
 
     1. ``gold`` does not parse -> ``ungradable`` "gold answer does not parse".
     2. ``finish_reason == "length"`` -> ``no_answer`` even if the output holds a box: the
-       model did not finish [design]. Other finish reasons are not special.
+       model did not finish [docs/grading.md]. Other finish reasons are not special.
     3. No box, or an unbalanced last box -> ``no_answer`` (see ``extract_boxed``); an empty
        box -> ``no_answer``.
     4. The answer: the last box; for a gold that is a set or a tuple, every complete box

@@ -1,6 +1,6 @@
 """Grading at scale: :func:`intgen.grading.grade_answer` in a persistent process pool.
 
-DESIGN section 6: math-verify's timeouts use ``signal.alarm``, which fails off the main
+docs/grading.md: math-verify's timeouts use ``signal.alarm``, which fails off the main
 thread, and a pathological expression (``9^{9^{9^{9}}}``) can hold the GIL. So grading
 runs in a pool of worker processes (``pebble.ProcessPool``) with a hard per-item time
 limit: a worker that overruns it is killed and replaced, and that item is
@@ -29,7 +29,7 @@ import pebble
 
 from intgen.grading import REASON_FAITHFUL_ZERO, Verdict, _scan_boxes, extract_boxed, grade_answer
 
-DEFAULT_TIMEOUT_S = 10.0  # the paper's grader: 10 s, then SIGKILL (digest 5.4)
+DEFAULT_TIMEOUT_S = 10.0  # the paper's grader: 10 s, then SIGKILL (docs/paper.md)
 
 
 def _worker_grade(gold: str, output: str, finish_reason: str | None, faithful: bool = False) -> Verdict:

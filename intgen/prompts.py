@@ -1,11 +1,11 @@
 """Proposer prompt templates (``prompts/*.yaml``), rendered with Jinja2.
 
 A prompt file is YAML with ``critique`` (required) and ``solve`` (optional) templates.
-With ``solve``, the proposer chat has three messages (DESIGN section 1): user =
+With ``solve``, the proposer chat has three messages (docs/pipeline.md): user =
 solve, assistant = the model's own solution, user = critique. Without it (a compact
 prompt for small models), the chat is the critique alone.
 
-Two optional keys help small models follow the format (DESIGN section 5, CPU default):
+Two optional keys help small models follow the format (docs/job-spec.md, "backend", CPU default):
 ``examples``, worked examples shown as earlier turns (each a ``values`` mapping for the
 critique template and the ``response`` to it), and ``response_prefix``, text the
 assistant turn starts with, which the model continues (e.g. ``<intervention>{"content": "``).

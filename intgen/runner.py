@@ -1,5 +1,5 @@
 """The runner: wires the stages of ``intgen generate`` to one executor and writes the run
-directory (DESIGN sections 1 and 4; docs/architecture.md).
+directory (docs/pipeline.md and docs/architecture.md; docs/architecture.md).
 
 rollout -> propose -> check -> baseline stream: each record goes to its next stage the
 moment it is ready, through :class:`intgen.executor.Executor`; select joins everything
@@ -167,7 +167,7 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
 
 def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
             proposer_backend: Backend | None = None, progress: bool = True, grader: GradingPool | None = None) -> RunResult:
-    """Run a whole job and write its run directory (DESIGN section 4; docs/architecture.md).
+    """Run a whole job and write its run directory (docs/architecture.md; docs/architecture.md).
 
     Grading workers (and vLLM's engine) are started with ``spawn``, so a script that
     calls this needs the ``if __name__ == "__main__":`` guard (Python's multiprocessing

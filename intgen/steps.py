@@ -1,6 +1,6 @@
 """Steps of a trace, the numbered attempt shown to the proposer, and the targets.
 
-One split serves every use (DESIGN section 1): the numbering shown to the proposer,
+One split serves every use (docs/pipeline.md): the numbering shown to the proposer,
 the location it answers with, the check prefix and the SFT target all come from
 :func:`split_steps`, so a location always means the same chunk.
 """
@@ -13,7 +13,7 @@ STEP_SEPARATOR = "\n\n"
 
 
 def split_steps(trace: str) -> list[str]:
-    """Split a trace into steps on ``"\\n\\n"`` (paper section 3; digest 2.3).
+    """Split a trace into steps on ``"\\n\\n"`` (paper section 3; docs/paper.md).
 
     Chunks are kept verbatim, except that empty or whitespace-only chunks (from runs of
     three or more newlines, or a leading/trailing separator) are dropped: they carry no
@@ -30,7 +30,7 @@ def split_steps(trace: str) -> list[str]:
 def number_steps(steps: list[str], start: int = 1) -> str:
     """Render steps as the proposer sees them: ``**Substep i:** text``, joined by ``\\n\\n``.
 
-    Numbering is 1-based (digest 2.3: the released code relabels each chunk this way).
+    Numbering is 1-based (docs/paper.md: the released code relabels each chunk this way).
     """
     return STEP_SEPARATOR.join(f"**Substep {i}:** {s}" for i, s in enumerate(steps, start))
 
@@ -50,7 +50,7 @@ class NumberedAttempt(NamedTuple):
 def numbered_attempt(steps: list[str], fits: Callable[[str], bool] | None = None) -> NumberedAttempt | None:
     """The numbered attempt, shortened when it would not fit the context.
 
-    DESIGN section 1: when the rendered chat would not fit, shorten the student attempt
+    docs/pipeline.md: when the rendered chat would not fit, shorten the student attempt
     (keep its start and the steps around the end), never cut the rendered prompt. The
     omitted middle is replaced by one line naming the omitted substeps, and the kept
     steps keep their original numbers, so a location still names the same step.
@@ -92,11 +92,11 @@ def numbered_attempt(steps: list[str], fits: Callable[[str], bool] | None = None
 def build_target(steps: list[str], location: int, intervention: str, double_newlines: bool = False) -> str:
     """The partial trace that continuations start from and SFT trains on.
 
-    The intervention replaces step ``location`` and everything after it (DESIGN
-    section 1; paper Algorithm 1): steps ``1..location-1`` joined by ``\\n\\n``, then
+    The intervention replaces step ``location`` and everything after it (docs/pipeline.md;
+    paper Algorithm 1): steps ``1..location-1`` joined by ``\\n\\n``, then
     ``\\n\\n``, then the intervention; the intervention alone for location 1.
     ``double_newlines=True`` reproduces the paper's code, which replaced every ``\\n``
-    in the intervention by ``\\n\\n`` (digest 2.3, the faithful preset).
+    in the intervention by ``\\n\\n`` (docs/paper.md, the faithful preset).
 
     Raises:
         ValueError: ``location`` is not in ``1..len(steps)``.

@@ -4,7 +4,7 @@ Every answered sample is written to ``RUN_DIR/samples.sqlite`` (SQLite in WAL mo
 arrives, keyed by what determines it: the model, the chat (messages and whether the last
 one is continued), the sampling parameters and the seed. A rerun of the same job on the
 same run directory takes every answered sample from the store and sends only the others,
-and since seeds come from ids (DESIGN section 2), its tables equal an uninterrupted run's
+and since seeds come from ids (docs/pipeline.md, "Ids and seeds"), its tables equal an uninterrupted run's
 on a deterministic backend. The executor (:mod:`intgen.executor`) looks each request up
 here before it goes to an engine, and puts each answer here as it arrives.
 

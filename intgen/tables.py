@@ -1,5 +1,5 @@
-"""The run directory's tables: typed records and their explicit Arrow schemas (DESIGN
-sections 2 and 4; docs/architecture.md).
+"""The run directory's tables: typed records and their explicit Arrow schemas (docs/pipeline.md;
+docs/architecture.md).
 
 Each table's rows are one dataclass; its Arrow schema is derived from the dataclass's
 annotations (:func:`schema_of`), so a record and its schema cannot drift apart, and a

@@ -1,4 +1,4 @@
-"""Chat templates and the prefix-fidelity check (issue 5, item 4; DESIGN section 5,
+"""Chat templates and the prefix-fidelity check (issue 5, item 4; docs/job-spec.md, "backend",
 continuation pitfalls), with the real templates that ship in TRL (tests/data/templates,
 see its README) and SmolLM2's own, read from its GGUF file."""
 

@@ -1,5 +1,5 @@
 """Export views, the dataset card, and the Hub push through a local fake Hub (issue 7,
-DESIGN section 7).
+README.md, "Export and the Hub").
 
 The runs are made by the scripted fake backend with accepted candidates. The push test
 runs the client side (huggingface_hub, datasets) in a subprocess, because both read

@@ -1,5 +1,5 @@
 """The grading pool: same verdicts as grade_answer, a hard per-item limit that replaces a
-stuck worker, thread safety, and the verdict cache (issue 4, DESIGN section 6)."""
+stuck worker, thread safety, and the verdict cache (issue 4, docs/grading.md)."""
 
 import asyncio
 import threading

@@ -1,4 +1,4 @@
-"""Steps, targets, the intervention parser and the leak rule (DESIGN section 1)."""
+"""Steps, targets, the intervention parser and the leak rule (docs/pipeline.md)."""
 
 import pytest
 

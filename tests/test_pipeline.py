@@ -1,5 +1,5 @@
 """The whole pipeline on the scripted fake backend: every branch forced, every table
-checked exactly and against the others (issue 2, DESIGN sections 1-4)."""
+checked exactly and against the others (issue 2, docs/pipeline.md )."""
 
 import json
 

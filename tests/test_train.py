@@ -1,4 +1,4 @@
-"""``intgen train sft`` / ``intgen train rl`` on SmolLM2 on the CPU (issue 8, DESIGN section 8).
+"""``intgen train sft`` / ``intgen train rl`` on SmolLM2 on the CPU (issue 8, docs/paper.md, "Training settings").
 
 One scripted fake-backend run with two accepted candidates is exported; SFT and GRPO run
 2 steps each on its views. For both SFT rows the test asserts exactly which token

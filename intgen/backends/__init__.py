@@ -1,4 +1,4 @@
-"""Backends (DESIGN section 5): ``make_backend`` builds one from a spec.
+"""Backends (docs/job-spec.md, "backend"): ``make_backend`` builds one from a spec.
 
 ``vllm`` (in process), ``openai`` (any OpenAI-compatible server), ``transformers``
 (``generate`` on CPU or Apple silicon), ``fake`` (scripted) and ``sim`` (a simulated

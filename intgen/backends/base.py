@@ -1,4 +1,4 @@
-"""The backend interface (DESIGN section 5).
+"""The backend interface (docs/job-spec.md, "backend").
 
 One small async interface: complete one request, abort what is pending. A
 :class:`Request` is one sample (one seed): backends may batch samples where they keep
@@ -159,8 +159,8 @@ class Backend(abc.ABC):
 
 
 def sample_seed(run_seed: int, sample_id: str) -> int:
-    """The seed of one sample: derived from the run seed and the sample's id (DESIGN
-    section 2), so a sample draws the same seed in every run and on every resume.
+    """The seed of one sample: derived from the run seed and the sample's id (docs/pipeline.md),
+    so a sample draws the same seed in every run and on every resume.
 
     Returns an int in ``[0, 2**31)`` (vLLM and most servers take 32-bit seeds).
     """
@@ -170,7 +170,7 @@ def sample_seed(run_seed: int, sample_id: str) -> int:
 
 def clamp_to_context(backend: Backend, request: Request) -> Request | None:
     """The request with ``max_tokens`` clamped to the context left after its prompt
-    (DESIGN section 5), or None when the prompt alone fills the backend's context.
+    (docs/job-spec.md, "backend"), or None when the prompt alone fills the backend's context.
     Unchanged when the backend reports no context length."""
     if not backend.max_model_len:
         return request

@@ -1,4 +1,4 @@
-"""The scripted fake backend: deterministic, for tests and dry runs (DESIGN section 5).
+"""The scripted fake backend: deterministic, for tests and dry runs (docs/job-spec.md, "backend").
 
 A script is a function ``script(request) -> reply`` where the reply is the text, a
 ``(text, finish_reason)`` pair, a :class:`Completion`, or an exception instance (the

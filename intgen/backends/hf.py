@@ -1,5 +1,5 @@
 """The transformers backend: ``AutoModelForCausalLM.generate`` on CPU, Apple silicon (mps)
-or one CUDA device, for machines without vLLM (DESIGN section 5). Slow; small models only
+or one CUDA device, for machines without vLLM (docs/job-spec.md, "backend"). Slow; small models only
 (SmolLM2-135M on 2 cores: about 16 tokens/s for one sample and 25 tokens/s for a batch of 8
 in ENV.md's measurements).
 

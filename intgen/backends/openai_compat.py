@@ -1,5 +1,5 @@
 """The OpenAI-compatible backend: any server that speaks the OpenAI API (vLLM serve,
-SGLang, llama.cpp's server, hosted APIs) (DESIGN section 5).
+SGLang, llama.cpp's server, hosted APIs) (docs/job-spec.md, "backend").
 
 - **Client and retries.** The ``openai`` package's ``AsyncOpenAI`` client, configured with
   ``backend.timeout_s`` and ``backend.max_retries``: it retries 408, 409, 429 and 5xx

@@ -1,4 +1,4 @@
-"""Chat rendering and the prefix-fidelity check (DESIGN section 5, continuation pitfalls).
+"""Chat rendering and the prefix-fidelity check (docs/job-spec.md, "backend", continuation pitfalls).
 
 Every backend that renders chats itself (vLLM in process, an OpenAI-compatible server
 with ``continuation: completions``, transformers) renders them here, with the model's own

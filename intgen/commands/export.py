@@ -1,5 +1,5 @@
 """``intgen export DIR`` and ``intgen push DIR REPO_ID [--private]``: a run as a Hugging
-Face dataset with configs, locally or on the Hub (DESIGN section 7)."""
+Face dataset with configs, locally or on the Hub (README.md, "Export and the Hub")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``intgen train sft`` and ``intgen train rl``: thin TRL trainers on a run's exported
-views (DESIGN section 8; :mod:`intgen.train`)."""
+views (docs/paper.md, "Training settings"; :mod:`intgen.train`)."""
 
 from __future__ import annotations
 

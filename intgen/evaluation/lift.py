@@ -1,4 +1,4 @@
-"""``intgen eval lift DIR``: the paper's Table 1 for a run (digest 6.1; issue 9).
+"""``intgen eval lift DIR``: the paper's Table 1 for a run (docs/paper.md; issue 9).
 
 For the failed rollouts of the run's accepted candidates (one *item* per candidate),
 continue r times from each of:
@@ -21,7 +21,7 @@ sample store, so an interrupted ``eval lift`` resumes, and every sample of the t
 written to ``lift.parquet`` (one row per item, condition and sample).
 
 Per condition: *coverage* = problems with at least one correct sample over problems;
-*success rate* = correct / graded samples (DESIGN section 1: ungradable samples are left
+*success rate* = correct / graded samples (docs/pipeline.md: ungradable samples are left
 out), over all items' samples, so each item weighs r samples in every row. Note: (d)
 reuses the check samples that accepted the candidates, so with ``accept.min_correct >= 1``
 its coverage is 1 by construction; ``fresh=True`` draws new (c) and (d) samples

@@ -3,7 +3,7 @@ first-error labels and score where it puts the first error (issue 9).
 
 Input rows (``.jsonl``, ``.json`` lines or array, ``.parquet``), one format per row:
 
-- **ProcessBench** (``problem``, ``steps``, ``label``; digest 8.1): ``label`` is the 0-based
+- **ProcessBench** (``problem``, ``steps``, ``label``; docs/paper.md): ``label`` is the 0-based
   index of the first wrong step, -1 when every step is right. The subset is the row's
   ``subset``, else its ``id`` without the trailing ``-N``.
 - **PRM800K stepwise** (``instruction``, ``responses``, ``next_response``, ``rating``;

@@ -1,5 +1,5 @@
 """First-error localization metrics (ProcessBench, Zheng et al. 2024, ``code/run_eval.py``;
-digest section 8.1), plus what intgen adds.
+docs/paper.md), plus what intgen adds.
 
 A *label* is ProcessBench's: the 0-based index of the first wrong step, or -1 when every
 step is right. A *prediction* is a label, or ``None`` when the proposer gave none (its
@@ -14,7 +14,7 @@ so it counts as wrong in both accuracies, as an unreadable answer does in Proces
   predictions that came back; rows never answered are counted in ``unanswered``;
 - ``mean_signed_distance``: mean of prediction - label over erroneous rows whose
   prediction is a step (>= 0); negative means the proposer points too early (InT's
-  location is where the intervention goes, at or before the error: digest 8.1).
+  location is where the intervention goes, at or before the error: docs/paper.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The stages of a run (DESIGN section 1; docs/architecture.md). Each stage is one module
+"""The stages of a run (docs/pipeline.md; docs/architecture.md). Each stage is one module
 that owns its whole logic: which records it takes (``add``), the requests it builds, what
 each completion means (grade, parse, decide), which records it passes on, and the table it
 writes (``rows``, in the table's canonical order). Stages never send requests themselves:

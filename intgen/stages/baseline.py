@@ -1,5 +1,5 @@
 """Baseline stage: continue r times from the prefix + the original erroneous step, so each
-kept intervention carries its lift (DESIGN section 1; docs/paper.md). A baseline belongs to
+kept intervention carries its lift (docs/pipeline.md; docs/paper.md). A baseline belongs to
 a (rollout, location) and is shared by every candidate of that rollout at that location;
 it goes out the moment a candidate's decision asks for it (``baseline.for``: ``accepted``,
 ``all`` or ``none``)."""

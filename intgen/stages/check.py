@@ -1,5 +1,5 @@
 """Check stage: continue the unfinished assistant turn r times from prefix + intervention,
-grade each continuation, and decide (DESIGN section 1; docs/paper.md; docs/architecture.md).
+grade each continuation, and decide (docs/pipeline.md; docs/paper.md; docs/architecture.md).
 
 A candidate's continuations go out the moment it is parsed. Without a stopping rule all r
 go at once. With ``check.early_stop`` or ``check.give_up_after`` they go in *waves* of
@@ -67,7 +67,7 @@ def to_record(request: Request, completion: Completion, verdict: Verdict) -> Con
 
 
 def success_rate(verdicts: list[str]) -> float | None:
-    """correct / (samples - ungradable) (DESIGN section 1); None when no sample is gradable.
+    """correct / (samples - ungradable) (docs/pipeline.md); None when no sample is gradable.
     Aborted and failed requests are not samples."""
     graded = [v for v in verdicts if v in ("correct", "wrong", "no_answer")]
     return sum(v == "correct" for v in graded) / len(graded) if graded else None

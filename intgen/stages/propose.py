@@ -1,6 +1,6 @@
 """Propose stage: for each failed rollout, the proposer localizes the first critical error
 against the reference solution and proposes one replacement step, m samples per trace
-(DESIGN section 1; paper section 3, Algorithm 1; docs/paper.md). With a solve turn, the
+(docs/pipeline.md; paper section 3, Algorithm 1; docs/paper.md). With a solve turn, the
 rollout's solve request goes out first and its m critiques the moment it is answered; a
 parsed candidate that does not leak the answer goes on to the check stage the moment it is
 parsed (docs/architecture.md)."""
@@ -35,7 +35,7 @@ def proposer_chat(prompt: ProposerPrompt, values: dict[str, Any], steps: list[st
     when the prompt has ``solve``), the prompt's worked examples, the critique of the
     numbered ``steps`` (rendered with ``values`` plus ``attempt``), and an open assistant
     turn holding ``response_prefix`` (when set). The numbered attempt is shortened (never
-    the rendered prompt cut) when it would not fit (DESIGN section 1).
+    the rendered prompt cut) when it would not fit (docs/pipeline.md).
 
     Returns:
         (messages, the step numbers omitted from a shortened attempt, or None), or None when

@@ -1,5 +1,5 @@
 """Rollout stage: k samples per problem, each graded; a failed trace goes on to the
-proposer the moment it is graded (DESIGN section 1; docs/architecture.md)."""
+proposer the moment it is graded (docs/pipeline.md; docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def build_requests(problems: list[Problem], k: int, sampling: Sampling, system_p
 
 def to_record(request: Request, completion: Completion, verdict: Verdict) -> Rollout:
     """One ``rollouts.parquet`` row. A rollout *failed* when its verdict is ``wrong`` or
-    ``no_answer`` (DESIGN section 1); ``ungradable`` ones are neither passed nor failed."""
+    ``no_answer`` (docs/pipeline.md); ``ungradable`` ones are neither passed nor failed."""
     return Rollout(
         rollout_id=request.id, problem_id=request.meta["problem_id"], rollout_index=request.meta["rollout_index"],
         seed=request.seed, text=completion.text, finish_reason=completion.finish_reason,

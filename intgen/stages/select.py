@@ -1,7 +1,7 @@
 """Select stage: no model call. Joins every parsed candidate with its rollout, problem,
 checks and baseline into one ``interventions`` row (decision, rates, lift, full lineage),
-accepts by the checks, and picks which accepted rows reach the ``sft`` view (DESIGN
-sections 1 and 4; docs/architecture.md)."""
+accepts by the checks, and picks which accepted rows reach the ``sft`` view (docs/pipeline.md;
+docs/architecture.md)."""
 
 from __future__ import annotations
 
