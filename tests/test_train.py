@@ -114,11 +114,18 @@ def test_sft_two_steps_label_exactly_prefix_and_intervention(run_dir, tmp_path):
     record = json.loads((out / "intgen_train.json").read_text())
     assert record["rows"] == 2 and record["rows_with_straddling_token"] == 1 and record["global_step"] == 2
     assert record["trl"]["completion_only_loss"] is True
+    # packing is the cpu preset's default: both rows in one packed sequence of up to 2048 tokens, on sdpa
+    assert record["trl"]["packing"] is True and record["trl"]["padding_free"] is True
+    assert record["attn_implementation"] == "sdpa"
+    assert {k: record["packing"][k] for k in ("rows", "sequences", "rows_per_sequence", "target_rows_per_step",
+                                              "mean_rows_per_step", "gradient_accumulation_steps")} == {
+        "rows": 2, "sequences": 1, "rows_per_sequence": 2.0, "target_rows_per_step": 1, "mean_rows_per_step": 2.0,
+        "gradient_accumulation_steps": 1}
 
     tok = trainer.processing_class
     end_of_turn = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|im_start|>")}
-    # what TRL trains on, after its own preparation (labels = -100 outside the loss)
-    trained = {tuple(r["input_ids"]): r["labels"] for r in trainer.train_dataset}
+    # what TRL trains on: the packed sequence split back into its rows (labels = -100 outside the loss)
+    trained = _trained_rows(trainer.train_dataset)
     assert len(trained) == 2
     problem = {p["id"]: p["problem"] for p in PROBLEMS}
 
@@ -155,6 +162,54 @@ def test_sft_two_steps_label_exactly_prefix_and_intervention(run_dir, tmp_path):
     assert tok.decode(ids[:k]) + tok.decode(ids[k:]) == prompt + TARGETS["half"]
 
     del result, trainer
+    gc.collect()
+
+
+def _trained_rows(dataset) -> dict[tuple[int, ...], list[int]]:
+    """``{input_ids: labels}`` of every row a trainer's dataset holds, packed or not."""
+    from intgen.train.packing import unpack_rows
+
+    out = {}
+    for r in dataset:
+        for ids, labels in (unpack_rows(r) if "seq_lengths" in r else [(r["input_ids"], r["labels"])]):
+            out[tuple(ids)] = labels
+    return out
+
+
+def test_packed_labels_equal_unpacked_row_for_row(run_dir, tmp_path):
+    """Packing changes nothing a row is trained on: the same tokens and labels row for row as
+    TRL's unpacked preparation, also after TRL's padding-free collator; the labelled tokens
+    decode to exactly the target (no end-of-turn token)."""
+    from intgen.train.packing import unpack_rows
+    from intgen.train.sft import train_sft
+
+    packed = train_sft(str(run_dir), MODEL, tmp_path / "p", train=False)
+    unpacked = train_sft(str(run_dir), MODEL, tmp_path / "u", overrides=["packing=false"], train=False)
+    assert packed.packed is not None and unpacked.packed is None
+    assert packed.trainer.args.gradient_accumulation_steps == 1  # 2 rows per packed sequence, target 2 rows
+    rows_p, rows_u = _trained_rows(packed.trainer.train_dataset), _trained_rows(unpacked.trainer.train_dataset)
+    assert len(rows_p) == 2 and rows_p == rows_u
+
+    tok = packed.trainer.processing_class
+    end_of_turn = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
+    problem = {p["id"]: p["problem"] for p in PROBLEMS}
+    for pid, target in TARGETS.items():
+        ids = tuple(tok(_prompt_text(tok, problem[pid]) + target, add_special_tokens=False)["input_ids"])
+        labelled = [t for t in rows_p[ids] if t != -100]
+        assert not set(labelled) & end_of_turn
+        # the "half" row's first labelled token also carries the header's "\n" (the straddling token)
+        assert tok.decode(labelled) == ("\n" if pid == "half" else "") + target
+
+    # the collator's batch (one row of tokens, position ids restarting per row) keeps the labels
+    sequence = packed.trainer.train_dataset[0]
+    batch = packed.trainer.data_collator([sequence])
+    assert "attention_mask" not in batch
+    starts = [0, sequence["seq_lengths"][0]]
+    assert batch["position_ids"][0].tolist() == [i for n in sequence["seq_lengths"] for i in range(n)]
+    expected = [lab for _, labels in unpack_rows(sequence) for lab in labels]
+    assert all(expected[s] == -100 for s in starts)
+    assert batch["labels"][0].tolist() == expected
+    del packed, unpacked
     gc.collect()
 
 
@@ -254,9 +309,26 @@ def test_presets_and_overrides():
         "lr_scheduler_kwargs": {"min_lr_rate": 0.1}, "warmup_steps": 0.1, "max_length": 16384}
     apply_effective_batch(sft, processes=4)  # the paper: 1 per device x 16 accumulation x 4 GPUs = 64
     assert sft.trl["gradient_accumulation_steps"] == 16
+    assert sft.intgen["packing"] is True and resolve("sft", "cpu").intgen["packing"] is True
     rl = resolve("rl", "paper")
     assert {k: rl.trl[k] for k in ("learning_rate", "num_generations", "beta", "entropy_coef", "temperature")} == {
         "learning_rate": 1e-6, "num_generations": 8, "beta": 0.0, "entropy_coef": 0.0, "temperature": 1.0}
+    # the paper's objective (docs/training.md): REINFORCE with min(ratio, 5), no std, clip 0.3, its system prompt
+    assert {k: rl.trl[k] for k in ("loss_type", "epsilon_high", "scale_rewards", "max_grad_norm",
+                                   "vllm_max_model_length")} == {
+        "loss_type": "cispo", "epsilon_high": 5.0, "scale_rewards": "none", "max_grad_norm": 0.3,
+        "vllm_max_model_length": 12000}
+    assert rl.intgen["system_prompt"] == "Please reason step by step, and put your final answer within \\boxed{}."
+    default = resolve("rl", "trl-default")
+    assert "loss_type" not in default.trl and default.intgen["system_prompt"] is None
+    from intgen.train.configs import preset_names
+
+    assert preset_names("rl") == ["paper", "trl-default", "cpu"] and preset_names("sft") == ["paper", "cpu"]
+    assert resolve("sft", "paper", ["packing=false"]).intgen["packing"] is False  # the intgen key, not TRL's field
+    with pytest.raises(ConfigError, match="'padding_free' cannot be overridden"):
+        resolve("sft", "cpu", ["padding_free=true"])
+    with pytest.raises(ConfigError, match="applies to intgen train sft"):
+        resolve("rl", "cpu", ["packing=true"])
 
     cfg = resolve("sft", "cpu", ["learning_rate=1e-6", "max_length=null", "lora.r=8",
                                  "lora.target_modules=q_proj,v_proj", "lr_scheduler_kwargs={min_lr_rate: 0.2}"])
@@ -272,7 +344,8 @@ def test_presets_and_overrides():
     with pytest.raises(ConfigError, match="unknown key 'lora.rank'"):
         resolve("rl", "cpu", ["lora.rank=4"])
     with pytest.raises(ConfigError, match="effective_batch_size=3"):
-        apply_effective_batch(resolve("sft", "cpu", ["effective_batch_size=3"]), processes=1)
+        apply_effective_batch(resolve("sft", "cpu", ["effective_batch_size=3", "per_device_train_batch_size=2"]),
+                              processes=1)
 
 
 def test_cli_errors_name_the_problem(run_dir, tmp_path, capsys):

