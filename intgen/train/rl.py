@@ -1,5 +1,5 @@
 """``intgen train rl``: TRL's GRPOTrainer on the ``rl`` view, with a binary outcome reward
-from intgen's grader (DESIGN section 8; digest 5.3).
+from intgen's grader (docs/training.md, "RL").
 
 The reward is 1.0 when :func:`intgen.grading.grade_answer` says ``correct`` and 0.0 for
 ``wrong``, ``no_answer`` and ``ungradable``. Grading runs in intgen's
@@ -116,6 +116,35 @@ class GradingReward:
         return rewards
 
 
+def with_system_prompt(view, system_prompt: str):
+    """The ``rl`` view with ``{"role": "system", "content": system_prompt}`` put before every
+    conversational prompt that has no system message (the paper's RL prompt, docs/training.md);
+    string prompts and prompts with their own system message are kept. Returns ``(view,
+    prompts changed)``.
+
+    Raises:
+        DataError: a prompt that is neither a string nor a list of messages.
+    """
+    added = 0
+
+    def add(row, idx):
+        nonlocal added
+        prompt = row["prompt"]
+        if isinstance(prompt, str):
+            return {"prompt": prompt}
+        if not isinstance(prompt, list):
+            raise DataError(f"rl row {idx}: the prompt is {type(prompt).__name__}, not a string or a list of messages")
+        if prompt and prompt[0].get("role") == "system":
+            return {"prompt": prompt}
+        added += 1
+        return {"prompt": [{"role": "system", "content": system_prompt}, *prompt]}
+
+    if not view or isinstance(view[0]["prompt"], str):
+        return view, 0
+    out = view.map(add, with_indices=True, load_from_cache_file=False)
+    return out, added
+
+
 @dataclass
 class RLResult:
     out: Path
@@ -175,6 +204,9 @@ def train_rl(data: str, model: str, out: str | Path | None = None, *, preset: st
                         f"{view.column_names}")
     if limit is not None:
         view = view.select(range(min(limit, len(view))))
+    if cfg.intgen.get("system_prompt"):
+        view, added = with_system_prompt(view, cfg.intgen["system_prompt"])
+        log.info("rl: the system prompt was put before %d of %d prompts (the others have their own)", added, len(view))
     loaded = common.load_model(model, cfg.intgen["dtype"])
     own_pool = grader is None
     pool = grader or GradingPool(workers=cfg.intgen.get("grader_workers"), timeout_s=cfg.intgen["grader_timeout_s"])
