@@ -34,7 +34,7 @@ def _torch_dtype(name: str):
 
 def clear_gguf_marker(model) -> bool:
     """Drop the GGUF quantizer marker transformers 5 leaves on a model loaded from a GGUF
-    file (ENV.md): with it, ``save_pretrained`` and the Trainer refuse the model, although
+    file (docs/training.md, "Models loaded from GGUF"): with it, ``save_pretrained`` and the Trainer refuse the model, although
     its weights were dequantized to plain floats on load. Only cleared when every weight is
     a float tensor; returns whether a marker was cleared.
 

@@ -13,7 +13,7 @@ A local export is read from its config's Parquet files (``export/<config>/*.parq
 copied export without its card works too); a Hub repo with
 ``datasets.load_dataset(REPO, CONFIG, split="train")``.
 
-**The SFT masking** (DESIGN section 8). The ``sft`` target is a partial trace (steps before
+**The SFT masking** (docs/training.md, "SFT rows"). The ``sft`` target is a partial trace (steps before
 the error + the intervention) that must not end the assistant turn. Stock TRL trains an
 end-of-turn token after every completion, so intgen tokenizes each row itself, in one pass
 over the whole rendered string::
@@ -31,7 +31,8 @@ completion's first characters, so leaving it out would drop them from training. 
 prompt characters are then predicted too (the tokens before it end one character
 earlier than the rendered prompt does); rows with such a token are counted and logged.
 TRL receives ``input_ids`` + ``completion_mask`` and, with ``completion_only_loss=True``,
-labels exactly the masked tokens and appends nothing.
+labels exactly the masked tokens and appends nothing; with packing, intgen builds the same
+labels itself (:mod:`intgen.train.packing`).
 """
 
 from __future__ import annotations
