@@ -23,7 +23,7 @@ or, on a known GPU, its dense bf16 peak.
 Needs torch and transformers only (no TRL, no datasets), so it runs unchanged on a GPU
 machine that has just those:
 
-    python benchmarks/train_throughput.py                       # tiny config on the CPU, about 2 minutes
+    python benchmarks/train_throughput.py                       # tiny config on the CPU, 1-3 minutes
     python benchmarks/train_throughput.py --config qwen3-4b     # Qwen3-4B shape, random weights (GPU)
     python benchmarks/train_throughput.py --model PATH          # a model folder you name
 
@@ -72,7 +72,7 @@ def parse_args(argv=None):
     src.add_argument("--config", choices=sorted(CONFIGS), default=None,
                      help="build a random-weight model from this shape (default: tiny on CPU, qwen3-4b on CUDA)")
     src.add_argument("--model", default=None, help="a model folder or intgen short name (its weights are loaded)")
-    p.add_argument("--rows", type=int, default=None, help="rows timed per mode (default: 96 tiny, 64 otherwise)")
+    p.add_argument("--rows", type=int, default=None, help="rows timed per mode (default: 64, one paper step)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per packed sequence and longest row")
     p.add_argument("--median", type=float, default=None, help="median row length (lognormal)")
     p.add_argument("--sigma", type=float, default=None, help="sigma of the row lengths' logarithm")
@@ -85,7 +85,9 @@ def parse_args(argv=None):
                    help="on CUDA gradient checkpointing is on (the paper preset); off on CPU")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
     p.add_argument("--warmup", type=int, default=2, help="micro-batches per mode before the clock starts")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default on a CPU: 1, since OpenMP's spinning threads slow a shared machine "
+                        "down many times over)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -248,16 +250,16 @@ def run(model, batches, accum: int, device, warmup: int) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads or device.type == "cpu":
+        torch.set_num_threads(args.threads or 1)
     if args.config is None and args.model is None:
         args.config = "qwen3-4b" if device.type == "cuda" else "tiny"
     scale = "tiny" if args.config == "tiny" else "full"
     for key, value in LENGTHS[scale].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.rows = args.rows or (96 if scale == "tiny" else 64)
+    args.rows = args.rows or 64
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
              "bfloat16": torch.bfloat16}[args.dtype]
 
