@@ -207,7 +207,9 @@ def train_rl(data: str, model: str, out: str | Path | None = None, *, preset: st
     if cfg.intgen.get("system_prompt"):
         view, added = with_system_prompt(view, cfg.intgen["system_prompt"])
         log.info("rl: the system prompt was put before %d of %d prompts (the others have their own)", added, len(view))
-    loaded = common.load_model(model, cfg.intgen["dtype"])
+    from intgen.train.packing import choose_attention
+
+    loaded = common.load_model(model, cfg.intgen["dtype"], choose_attention(cfg.intgen["attn_implementation"], False))
     own_pool = grader is None
     pool = grader or GradingPool(workers=cfg.intgen.get("grader_workers"), timeout_s=cfg.intgen["grader_timeout_s"])
     try:
