@@ -8,11 +8,13 @@ full scale) train side by side in one run, on one model, two ways:
 - **packed**: intgen's packed SFT (docs/training.md, "Packing"): rows packed best-fit
   decreasing into sequences of up to ``--max-length`` tokens, one sequence per micro-batch,
   padding-free (position ids restart at each row, no attention mask), with the attention
-  implementation intgen picks for packing (flash_attention_2 / flex_attention on CUDA,
-  sdpa on CPU) unless ``--attn`` names one.
+  implementation intgen picks for packing (flash_attention_2 when flash-attn is installed,
+  else intgen's sdpa called once per row) unless ``--attn`` names one (``sdpa``: the dense
+  block-diagonal mask; ``flex_attention``: CUDA only).
 
 Both do forward, backward and an AdamW step every ``64 rows`` (on average for packed), as
-the paper preset does; the timed pass covers every row once after a short warm-up.
+the paper preset does; a timed pass covers every row once after a short warm-up, and the
+two modes alternate ``--repeats`` times (each mode's fastest pass is kept).
 
 MFU = useful FLOPs / time / peak, with useful FLOPs per row of L tokens = 6 x P x L (P: the
 weights a token passes through: every matrix except the input embedding, the LM head
@@ -85,6 +87,9 @@ def parse_args(argv=None):
                    help="on CUDA gradient checkpointing is on (the paper preset); off on CPU")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
     p.add_argument("--warmup", type=int, default=2, help="micro-batches per mode before the clock starts")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="alternate unpacked and packed passes this many times and keep each mode's fastest (a "
+                        "shared machine's load drifts between passes)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default on a CPU: 1, since OpenMP's spinning threads slow a shared machine "
                         "down many times over)")
@@ -291,27 +296,35 @@ def main(argv=None) -> int:
     results = {}
     unpacked = unpacked_batches(rows, args.unpacked_batch)
     accum_u = max(1, round(ROWS_PER_STEP / args.unpacked_batch))
-    seconds, mem = run(model, unpacked, accum_u, device, args.warmup)
+    packed = packed_batches(rows, args.max_length)
+    rows_per_seq = args.rows / len(packed)
+    accum_p = max(1, round(ROWS_PER_STEP / rows_per_seq))
+    timings: dict[str, list[tuple[float, float]]] = {"unpacked": [], "packed": []}
+    for _ in range(max(1, args.repeats)):  # alternating, so both modes see the same drift in the machine's load
+        set_attention(model, unpacked_attn)
+        timings["unpacked"].append(run(model, unpacked, accum_u, device, args.warmup))
+        packed_attn = set_attention(model, packed_attn)
+        timings["packed"].append(run(model, packed, accum_p, device, args.warmup))
+    passes = {k: ", ".join(f"{t:.1f}" for t, _ in v) for k, v in timings.items()}
+
+    seconds, mem = min(timings["unpacked"])
     pad_u = 1 - real_tokens / sum(b[2] for b in unpacked)
     results["unpacked"] = real_tokens / seconds
     mfu_u = flops / seconds / (peak * 1e12) if peak else None
     print(f"unpacked: {args.unpacked_batch} row(s) per micro-batch, attention {unpacked_attn}, {accum_u} "
-          f"accumulation steps: {seconds:.1f} s, {results['unpacked']:.0f} tokens/s, padding {pad_u:.1%}"
+          f"accumulation steps: {seconds:.1f} s (passes: {passes['unpacked']} s), {results['unpacked']:.0f} "
+          f"tokens/s, padding {pad_u:.1%}"
           + (f", MFU {mfu_u:.3f}" if mfu_u is not None else "")
           + (f", peak memory {mem:.1f} GB" if mem == mem else ""))
 
-    packed_attn = set_attention(model, packed_attn)
-    packed = packed_batches(rows, args.max_length)
-    rows_per_seq = args.rows / len(packed)
-    accum_p = max(1, round(ROWS_PER_STEP / rows_per_seq))
-    seconds, mem = run(model, packed, accum_p, device, args.warmup)
+    seconds, mem = min(timings["packed"])
     results["packed"] = real_tokens / seconds
     mfu_p = flops / seconds / (peak * 1e12) if peak else None
     fill = real_tokens / (len(packed) * args.max_length)
     print(f"packed: {len(packed)} sequences of up to {args.max_length} tokens ({rows_per_seq:.1f} rows each, "
           f"{fill:.0%} full), attention {packed_attn}, {accum_p} accumulation steps "
-          f"({rows_per_seq * accum_p:.0f} rows per optimizer step on average): {seconds:.1f} s, "
-          f"{results['packed']:.0f} tokens/s, padding 0.0%"
+          f"({rows_per_seq * accum_p:.0f} rows per optimizer step on average): {seconds:.1f} s (passes: "
+          f"{passes['packed']} s), {results['packed']:.0f} tokens/s, padding 0.0%"
           + (f", MFU {mfu_p:.3f}" if mfu_p is not None else "")
           + (f", peak memory {mem:.1f} GB" if mem == mem else ""))
     print(f"packed/unpacked tokens/s: {results['packed'] / results['unpacked']:.2f}"

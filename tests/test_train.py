@@ -114,9 +114,10 @@ def test_sft_two_steps_label_exactly_prefix_and_intervention(run_dir, tmp_path):
     record = json.loads((out / "intgen_train.json").read_text())
     assert record["rows"] == 2 and record["rows_with_straddling_token"] == 1 and record["global_step"] == 2
     assert record["trl"]["completion_only_loss"] is True
-    # packing is the cpu preset's default: both rows in one packed sequence of up to 2048 tokens, on sdpa
+    # packing is the cpu preset's default: both rows in one packed sequence of up to 2048 tokens, sdpa per row
     assert record["trl"]["packing"] is True and record["trl"]["padding_free"] is True
-    assert record["attn_implementation"] == "sdpa"
+    assert record["attn_implementation"] == "intgen_sdpa_rows"
+    assert json.loads((out / "config.json").read_text()).get("_attn_implementation") is None  # not saved
     assert {k: record["packing"][k] for k in ("rows", "sequences", "rows_per_sequence", "target_rows_per_step",
                                               "mean_rows_per_step", "gradient_accumulation_steps")} == {
         "rows": 2, "sequences": 1, "rows_per_sequence": 2.0, "target_rows_per_step": 1, "mean_rows_per_step": 2.0,

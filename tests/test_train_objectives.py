@@ -78,6 +78,7 @@ def test_packed_and_unpacked_sft_losses_agree(tokenizer, tmp_path):
     import torch.nn.functional as F
 
     from intgen.train.configs import resolve
+    from intgen.train.packing import register_sdpa_rows
     from intgen.train.sft import build_sft_trainer
 
     vocab = len(tokenizer)
@@ -85,15 +86,19 @@ def test_packed_and_unpacked_sft_losses_agree(tokenizer, tmp_path):
     dataset = datasets.Dataset.from_dict({"input_ids": [r[0] for r in rows], "completion_mask": [r[1] for r in rows]})
     common = ["max_length=64", "effective_batch_size=9", "dataloader_drop_last=false", "shuffle_dataset=false"]
     losses = {}
-    for packing, per_device in (("true", 1), ("false", 3)):  # unpacked: 3 rows per micro-batch, padded
+    # packed on transformers' sdpa (a dense block-diagonal mask) and on intgen's sdpa per row; unpacked with 3 rows
+    # per micro-batch, padded
+    for name, packing, per_device, attn in (("sdpa", "true", 1, "sdpa"), ("rows", "true", 1, register_sdpa_rows()),
+                                            ("unpacked", "false", 3, "sdpa")):
         cfg = resolve("sft", "cpu", [*common, f"packing={packing}", f"per_device_train_batch_size={per_device}"])
-        trainer, args, packed, _ = build_sft_trainer(tiny_model(vocab), tokenizer, dataset, cfg, tmp_path / packing)
+        trainer, args, packed, _ = build_sft_trainer(tiny_model(vocab, attn=attn), tokenizer, dataset, cfg,
+                                                     tmp_path / name)
         if packed is not None:
             assert packed.rows == len(rows) and packed.sequences < len(rows)  # several rows share a sequence
             assert all(sum(s["seq_lengths"]) <= 64 for s in trainer.train_dataset)
             first = next(iter(trainer.get_train_dataloader()))
             assert "attention_mask" not in first and first["input_ids"].shape[0] == 1
-        losses[packing] = step_loss(trainer)
+        losses[name] = step_loss(trainer)
 
     # by hand: every row alone, summed token losses over the completion tokens of all rows
     model = tiny_model(vocab)
@@ -106,8 +111,8 @@ def test_packed_and_unpacked_sft_losses_agree(tokenizer, tmp_path):
             total += float(F.cross_entropy(logits[keep], target[keep], reduction="sum"))
             count += int(keep.sum())
     by_hand = total / count
-    assert abs(losses["true"] - losses["false"]) < 1e-4
-    assert abs(losses["true"] - by_hand) < 1e-4
+    assert abs(losses["sdpa"] - losses["unpacked"]) < 1e-4 and abs(losses["rows"] - losses["unpacked"]) < 1e-4
+    assert abs(losses["rows"] - by_hand) < 1e-4
     assert 9 < by_hand < 12  # a random model over 49k tokens: about ln(49152) = 10.8
 
 

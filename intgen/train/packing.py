@@ -25,10 +25,15 @@ depends on the attention implementation the model is loaded with (transformers'
   boundaries (``cu_seq_lens`` from the collator, or the position ids);
 - ``flex_attention``: a block mask built from the position ids (rows are skipped block by
   block, so the attention work follows the rows' lengths);
+- ``intgen_sdpa_rows`` (:data:`SDPA_ROWS`, registered by this module with transformers'
+  ``AttentionInterface``): PyTorch's ``scaled_dot_product_attention``, causal, called once
+  per packed row (boundaries from the collator's ``cu_seq_lens_q`` or the position ids), so
+  no mask is built and the attention work is that of the rows run apart; batches with a
+  padding mask go to transformers' own sdpa. This is what runs on a CPU, and on CUDA
+  without flash-attn (sdpa picks its flash kernel per row);
 - ``sdpa`` and ``eager``: transformers builds a dense causal mask that is block-diagonal
   on the rows (it finds the rows where the position ids restart), which isolates them but
-  costs memory and attention work quadratic in the packed sequence's length. This is what
-  runs on a CPU.
+  costs memory and attention work quadratic in the packed sequence's length.
 
 :func:`choose_attention` picks one, and :func:`check_row_isolation` proves it on the loaded
 model before training (two short rows, packed and apart, must give the same logits);
@@ -126,28 +131,90 @@ def unpack_rows(packed: dict[str, Any]) -> list[tuple[list[int], list[int]]]:
 
 # --------------------------------------------------------------------------- attention
 
+#: the name intgen registers its row-by-row sdpa attention under (transformers' AttentionInterface)
+SDPA_ROWS = "intgen_sdpa_rows"
+
+
+def _row_bounds(length: int, kwargs: dict[str, Any]) -> list[tuple[int, int]] | None:
+    """``[(start, end), ...]`` of the packed rows in a sequence of ``length`` tokens, from
+    ``cu_seq_lens_q`` or from where ``position_ids`` restart; None for a single row."""
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is not None:
+        edges = [int(x) for x in cu.tolist()]
+    else:
+        pos = kwargs.get("position_ids")
+        if pos is None or pos.dim() != 2 or pos.shape[0] != 1 or pos.shape[1] != length:
+            return None
+        import torch
+
+        first = pos[:, :1] - 1
+        starts = (torch.diff(pos, prepend=first, dim=-1)[0] != 1).nonzero().flatten().tolist()
+        edges = [0, *[s for s in starts if s > 0], length]
+    if len(edges) <= 2 or edges[-1] != length:
+        return None
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def sdpa_by_row(module, query, key, value, attention_mask, **kwargs):
+    """Attention for packed rows: causal ``scaled_dot_product_attention`` per row.
+
+    Shapes as transformers' attention functions: ``query`` (1, heads, tokens, head_dim),
+    ``key``/``value`` (1, kv_heads, tokens, head_dim); returns ((1, tokens, heads, head_dim),
+    None). A batch with a padding mask, or a single row, goes to transformers' sdpa.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = None if attention_mask is not None or query.shape[0] != 1 else _row_bounds(query.shape[2], kwargs)
+    if bounds is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    kwargs.pop("is_causal", None)
+    outs = [sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None,
+                                   is_causal=True, **kwargs)[0] for s, e in bounds]
+    return torch.cat(outs, dim=1), None
+
+
+def _mask_for_rows(*args, attention_mask=None, **kwargs):
+    """No mask for padding-free batches (the rows are split in :func:`sdpa_by_row`); a
+    padding mask as transformers' sdpa builds it otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+def register_sdpa_rows() -> str:
+    """Register :func:`sdpa_by_row` with transformers (idempotent); returns its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(SDPA_ROWS, sdpa_by_row)
+    AttentionMaskInterface.register(SDPA_ROWS, _mask_for_rows)
+    return SDPA_ROWS
+
 
 def choose_attention(requested: str, packing: bool) -> str | None:
     """The ``attn_implementation`` to load the model with.
 
-    ``requested`` other than ``auto`` is used as given. ``auto`` without packing: None (the
-    model's default). ``auto`` with packing: ``flash_attention_2`` when CUDA and the
-    ``flash_attn`` package are available; else ``flex_attention`` on CUDA (PyTorch's flex
-    attention, block-sparse on the rows); else ``sdpa`` (a dense block-diagonal mask; the
-    CPU case).
+    ``requested`` other than ``auto`` is used as given (``intgen_sdpa_rows`` is registered
+    first). ``auto`` without packing: None (the model's default). ``auto`` with packing:
+    ``flash_attention_2`` when CUDA and the ``flash_attn`` package are available; else
+    ``intgen_sdpa_rows`` (causal sdpa per packed row; on CUDA sdpa runs its flash kernel).
+    ``flex_attention`` (block-sparse on the rows, compiled) is available by name on CUDA;
+    PyTorch has no flex attention backward on a CPU.
     """
+    if requested == SDPA_ROWS or (requested == "auto" and packing):
+        register_sdpa_rows()
     if requested != "auto":
         return requested
     if not packing:
         return None
     import torch
 
-    if torch.cuda.is_available():
-        if importlib.util.find_spec("flash_attn") is not None:
-            return "flash_attention_2"
-        if importlib.util.find_spec("torch.nn.attention.flex_attention") is not None:
-            return "flex_attention"
-    return "sdpa"
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return SDPA_ROWS
 
 
 def attention_of(model) -> str:
