@@ -135,12 +135,18 @@ def unpack_rows(packed: dict[str, Any]) -> list[tuple[list[int], list[int]]]:
 SDPA_ROWS = "intgen_sdpa_rows"
 
 
+_LAST_BOUNDS: list[Any] = [None, None]
+
+
 def _row_bounds(length: int, kwargs: dict[str, Any]) -> list[tuple[int, int]] | None:
     """``[(start, end), ...]`` of the packed rows in a sequence of ``length`` tokens, from
     ``cu_seq_lens_q`` or from where ``position_ids`` restart; None for a single row."""
     cu = kwargs.get("cu_seq_lens_q")
     if cu is not None:
-        edges = [int(x) for x in cu.tolist()]
+        # every layer of one forward gets the same tensor: read it once (on CUDA a read waits for the device)
+        if _LAST_BOUNDS[0] is not cu:
+            _LAST_BOUNDS[:] = [cu, [int(x) for x in cu.tolist()]]
+        edges = _LAST_BOUNDS[1]
     else:
         pos = kwargs.get("position_ids")
         if pos is None or pos.dim() != 2 or pos.shape[0] != 1 or pos.shape[1] != length:
