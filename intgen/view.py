@@ -73,6 +73,9 @@ REJECTS = {
     "unclosed_intervention": "the proposer opened an <intervention> block and never closed it (often the token limit)",
     "no_intervention_tag": "the proposer output has no <intervention> block",
     "location_out_of_range": "the proposed location is not a step of the failed trace",
+    "unparseable": "the <intervention> block is not a readable {content, location} object",
+    "missing_location": "the <intervention> block names no location",
+    "empty_intervention": "the <intervention> block has no content",
     "prompt_too_long": "the prompt fills the model's context; the request was not sent",
     "request_failed": "the request failed after the backend's retries (rerun the run to retry it)",
     "request_rejected": "the server rejected the request as invalid",
@@ -310,6 +313,8 @@ def render_view(run_dir: str | Path, *, max_chars: int = MAX_CHARS, page_size: i
                                            ("distributions", _plot(export / DISTRIBUTIONS_PNG))) if uri]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    # ``tojson`` escapes <, >, & and ' as \u sequences (jinja2.utils.htmlsafe_json_dumps); compact, UTF-8 kept
+    env.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "separators": (",", ":")}
     css = (TEMPLATES / "view.css").read_text(encoding="utf-8")
     js = (TEMPLATES / "view.js").read_text(encoding="utf-8")
     if "</" in css or "</script" in js.lower():

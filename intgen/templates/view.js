@@ -2,6 +2,7 @@
 // (inlined by intgen/view.py). Model text only ever becomes DOM text nodes, never markup.
 (function () {
   "use strict";
+  var started = performance.now();
   var DATA = JSON.parse(document.getElementById("intgen-data").textContent);
   var CANDS = DATA.candidates, PROBS = DATA.problems, TRACES = DATA.rollouts, RUN = DATA.run;
   var MEANING = {};
@@ -195,4 +196,5 @@
   filter();
   render();
   document.body.setAttribute("data-rendered", String(document.querySelectorAll("#cards .card").length));
+  document.body.setAttribute("data-render-ms", String(Math.round(performance.now() - started)));
 })();
