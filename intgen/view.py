@@ -24,8 +24,11 @@ The cards are not in the HTML: the data is one JSON document in a
 the element), and the page's script renders one page of cards at a time with DOM text
 nodes (never ``innerHTML``), so model text is always shown as text and a run of 10,000
 candidates stays responsive. Problems and failed traces are stored once, not once per
-candidate; continuation texts and proposer outputs are cut at ``max_chars`` characters
-(the cut is marked), the problem, the steps and the intervention never are.
+candidate; continuation texts and proposer outputs longer than ``max_chars`` characters
+lose their middle (the cut is marked; the start and the end, where the answer and the
+``<intervention>`` block are, stay), the problem, the steps and the intervention are never
+cut. By default ``max_chars`` keeps those optional texts to about 64 MB in all: 4,000
+characters each up to 4,000 candidates, fewer above (1,600 at 10,000, never under 500).
 """
 
 from __future__ import annotations
@@ -51,11 +54,15 @@ TEMPLATE = "view.html.j2"
 VIEW_NAME = "view.html"
 #: cards per page unless the reader picks another size
 PAGE_SIZE = 20
-#: continuation texts and proposer outputs are cut at this many characters
-MAX_CHARS = 6000
+#: continuation texts and proposer outputs are cut to at most this many characters ...
+MAX_CHARS = 4000
+#: ... and to at least this many when a large run shares out :data:`TEXT_BUDGET`
+MIN_CHARS = 500
+#: about how many characters of optional texts (continuations, proposer outputs) a page holds by default
+TEXT_BUDGET = 64_000_000
 #: continuation texts shown per candidate (check) and per baseline
-CHECK_TEXTS = 3
-BASELINE_TEXTS = 2
+CHECK_TEXTS = 2
+BASELINE_TEXTS = 1
 #: proposer outputs that did not parse, shown per reason
 UNPARSED_PER_REASON = 3
 
@@ -92,10 +99,19 @@ class ViewError(RuntimeError):
 
 
 def _clip(text: str | None, limit: int) -> str | None:
-    """``text`` cut at ``limit`` characters, the cut marked with how much was left out."""
+    """``text`` without its middle when longer than ``limit`` characters: the first and
+    the last ``limit // 2``, the cut marked with how much was left out."""
     if text is None or len(text) <= limit:
         return text
-    return text[:limit] + f"\n… [{len(text) - limit:,} more characters not shown]"
+    half = limit // 2
+    return f"{text[:half]}\n\n[… {len(text) - 2 * half:,} characters not shown …]\n\n{text[len(text) - half:]}"
+
+
+def default_max_chars(candidates: int) -> int:
+    """:data:`MAX_CHARS`, or less when ``candidates`` x (the texts shown per candidate)
+    would pass :data:`TEXT_BUDGET`; never under :data:`MIN_CHARS`."""
+    per_candidate = CHECK_TEXTS + BASELINE_TEXTS + 1  # + the proposer output
+    return max(MIN_CHARS, min(MAX_CHARS, TEXT_BUDGET // max(1, candidates * per_candidate)))
 
 
 def _read(run_dir: Path, name: str, columns: list[str] | None = None) -> list[dict[str, Any]] | None:
@@ -196,7 +212,7 @@ def _funnel(stats: dict[str, Any], inter: list[dict], rollouts: list[dict] | Non
     return out
 
 
-def build_view_data(run_dir: str | Path, *, max_chars: int = MAX_CHARS) -> dict[str, Any]:
+def build_view_data(run_dir: str | Path, *, max_chars: int | None = None) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready data (module docstring).
 
     Returns:
@@ -217,6 +233,8 @@ def build_view_data(run_dir: str | Path, *, max_chars: int = MAX_CHARS) -> dict[
     if inter is None:
         raise ViewError(f"{run_dir} has no interventions.parquet yet: a run writes its tables when its session ends "
                         f"(complete, incomplete or stopped); `intgen inspect {run_dir}` shows where it stands")
+    if max_chars is None:
+        max_chars = default_max_chars(len(inter))
     manifest = _json(run_dir / "manifest.json")
     stats = _json(run_dir / "stats.json")
     job: dict[str, Any] = {}
@@ -297,7 +315,7 @@ def build_view_data(run_dir: str | Path, *, max_chars: int = MAX_CHARS) -> dict[
     }
 
 
-def render_view(run_dir: str | Path, *, max_chars: int = MAX_CHARS, page_size: int = PAGE_SIZE) -> str:
+def render_view(run_dir: str | Path, *, max_chars: int | None = None, page_size: int = PAGE_SIZE) -> str:
     """The page of a run as one HTML string (module docstring).
 
     Raises:
@@ -326,7 +344,7 @@ def render_view(run_dir: str | Path, *, max_chars: int = MAX_CHARS, page_size: i
         accepted=sum(1 for c in data["candidates"] if c["acc"]), parsed=len(data["candidates"]))
 
 
-def write_view(run_dir: str | Path, out: str | Path | None = None, *, max_chars: int = MAX_CHARS,
+def write_view(run_dir: str | Path, out: str | Path | None = None, *, max_chars: int | None = None,
                page_size: int = PAGE_SIZE) -> Path:
     """Write the page (atomically: a temporary file renamed into place) to ``out``, by
     default ``RUN_DIR/view.html``; returns its path.

@@ -351,3 +351,14 @@ def test_ten_thousand_candidates_build_quickly_and_open_with_one_page_of_cards(t
     shown = dom[dom.index('<div id="cards">'):dom.index('id="pager-bottom"')]  # the DOM also holds the JSON
     assert "of 10000" in dom and "Intervention number 0." in shown and "Intervention number 20." not in shown
     assert "Intervention number 19." in shown
+
+
+def test_long_texts_lose_their_middle_and_the_budget_shrinks_with_the_run():
+    from intgen.view import _clip, default_max_chars
+
+    text = "START " + "x" * 10_000 + " <intervention>END</intervention>"
+    cut = _clip(text, 1000)
+    assert cut.startswith("START ") and cut.endswith("<intervention>END</intervention>")
+    assert f"[… {len(text) - 1000:,} characters not shown …]" in cut and len(cut) < 1100
+    assert _clip("short", 1000) == "short" and _clip(None, 10) is None
+    assert default_max_chars(10) == 4000 and default_max_chars(10_000) == 1600 and default_max_chars(10**7) == 500

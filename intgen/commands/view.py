@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--page-size", type=int, default=None, choices=(10, 20, 50, 100),
                    help="cards per page when the page opens (default 20)")
     p.add_argument("--max-chars", type=int, default=None,
-                   help="cut continuation texts and proposer outputs at this many characters (default 6000); "
+                   help="cut continuation texts and proposer outputs to this many characters, keeping their start and "
+                        "end (default 4000, less above 4,000 candidates so they total about 64 MB); "
                         "problems, steps and interventions are never cut")
     p.set_defaults(func=run)

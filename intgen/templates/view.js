@@ -195,6 +195,15 @@
   };
   filter();
   render();
+  // for scripts and tests: search / filter as the controls do; returns the number of matches
+  window.intgenView = {
+    show: function (opts) {
+      Object.keys(opts || {}).forEach(function (k) { state[k] = opts[k]; });
+      refilter();
+      if (opts && opts.page !== undefined) { state.page = opts.page; render(); }
+      return matches.length;
+    }
+  };
   document.body.setAttribute("data-rendered", String(document.querySelectorAll("#cards .card").length));
   document.body.setAttribute("data-render-ms", String(Math.round(performance.now() - started)));
 })();
