@@ -285,7 +285,7 @@ def build_view_data(run_dir: str | Path, *, max_chars: int | None = None) -> dic
     ledger = stats.get("ledger") if isinstance(stats.get("ledger"), dict) else {}
     accept = job.get("accept") or {}
     run = {
-        "name": job.get("name") or run_dir.name, "dir": str(run_dir.resolve()), "status": status,
+        "name": job.get("name") or run_dir.name, "dir": str(run_dir), "status": status,
         "failed_requests": failed, "resumed": bool(manifest.get("resumed")),
         "sessions": len(ledger.get("sessions") or []) or None,
         "policy_model": job.get("model"),
