@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import tempfile
 import time
@@ -52,6 +53,8 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "view.html.j2"
 #: default file name, inside the run folder
 VIEW_NAME = "view.html"
+#: in the head of every page, so a later ``intgen view`` knows it may replace the file
+GENERATOR = '<meta name="generator" content="intgen view'
 #: cards per page unless the reader picks another size
 PAGE_SIZE = 20
 #: continuation texts and proposer outputs are cut to at most this many characters ...
@@ -112,6 +115,11 @@ def default_max_chars(candidates: int) -> int:
     would pass :data:`TEXT_BUDGET`; never under :data:`MIN_CHARS`."""
     per_candidate = CHECK_TEXTS + BASELINE_TEXTS + 1  # + the proposer output
     return max(MIN_CHARS, min(MAX_CHARS, TEXT_BUDGET // max(1, candidates * per_candidate)))
+
+
+def _num(x: float | None) -> float | None:
+    """A rate for JSON: None for a missing or non-finite value (JSON has no NaN)."""
+    return x if x is not None and math.isfinite(x) else None
 
 
 def _read(run_dir: Path, name: str, columns: list[str] | None = None) -> list[dict[str, Any]] | None:
@@ -266,8 +274,9 @@ def build_view_data(run_dir: str | Path, *, max_chars: int | None = None) -> dic
             "id": r["candidate_id"], "pid": r["problem_id"], "rid": r["rollout_id"], "ci": r["candidate_index"],
             "loc": r["location"], "iv": r["intervention"], "acc": r["accepted"], "sel": r["selected"],
             "why": r["reject_reason"], "stop": r.get("check_stopped"),
-            "cs": r["check_samples"], "cc": r["check_correct"], "cr": r["check_rate"],
-            "bs": r["baseline_samples"], "bc": r["baseline_correct"], "br": r["baseline_rate"], "lift": r["lift"],
+            "cs": r["check_samples"], "cc": r["check_correct"], "cr": _num(r["check_rate"]),
+            "bs": r["baseline_samples"], "bc": r["baseline_correct"], "br": _num(r["baseline_rate"]),
+            "lift": _num(r["lift"]),
             "cv": check.get("v", ""), "ca": check.get("a", []), "ct": check.get("t", []),
             "bv": base.get("v", ""), "ba": base.get("a", []), "bt": base.get("t", []),
             "prop": _clip(r["proposer_output"], max_chars), "solve": _clip(r["solve_output"], max_chars),
@@ -350,13 +359,20 @@ def write_view(run_dir: str | Path, out: str | Path | None = None, *, max_chars:
     default ``RUN_DIR/view.html``; returns its path.
 
     Raises:
-        ViewError: as :func:`build_view_data`.
+        ViewError: as :func:`build_view_data`; or ``out`` is a file that intgen view did not
+            write (intgen never replaces what it did not write).
         IsADirectoryError: ``out`` is a folder.
     """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / VIEW_NAME
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder; give a file name such as {out / VIEW_NAME}")
+    if out.exists():
+        with open(out, "rb") as f:
+            head = f.read(4096)
+        if GENERATOR.encode() not in head:
+            raise ViewError(f"--out {out} exists and is not a page intgen view wrote; intgen never replaces what it "
+                            "did not write: choose another --out, or move that file away")
     html = render_view(run_dir, max_chars=max_chars, page_size=page_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)

@@ -138,6 +138,27 @@ def test_the_cli_writes_the_page_where_asked(run, tmp_path, capsys):
     assert main(["view", str(run), "--out", str(tmp_path)]) == 2
 
 
+def test_a_file_intgen_did_not_write_is_never_replaced(run, tmp_path):
+    mine = tmp_path / "notes.html"
+    mine.write_text("<html>my notes</html>")
+    with pytest.raises(ViewError, match="not a page intgen view wrote"):
+        write_view(run, mine)
+    assert mine.read_text() == "<html>my notes</html>"
+    page = write_view(run, tmp_path / "page.html")
+    assert write_view(run, page) == page  # its own page is replaced
+
+
+def test_an_unfinished_run_is_shown_as_far_as_its_tables_go(run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export", "view.html"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "status": "incomplete", "failed_requests": 3}))
+    page = render_view(copy)
+    assert "This run is <b>incomplete</b>" in page and "3 requests failed" in page
+    assert "data:image/png" not in page and 'id="funnel"' in page  # no export, no plots: the bars alone
+    assert len(embedded(page)["candidates"]) == len(embedded(render_view(run))["candidates"])
+
+
 def test_a_run_still_in_its_first_session_is_refused_with_what_to_do(tmp_path):
     (tmp_path / "manifest.json").write_text('{"status": "running"}')
     with pytest.raises(ViewError, match="no interventions.parquet yet.*intgen inspect"):
