@@ -324,8 +324,21 @@ def build_view_data(run_dir: str | Path, *, max_chars: int | None = None) -> dic
     }
 
 
-def render_view(run_dir: str | Path, *, max_chars: int | None = None, page_size: int = PAGE_SIZE) -> str:
-    """The page of a run as one HTML string (module docstring).
+def _math_assets() -> dict[str, str]:
+    """Temml (vendored, MIT; ``templates/vendor/temml/README.md``): its script, its stylesheet
+    with its one font inlined as a ``data:`` URI, and its license notice."""
+    folder = TEMPLATES / "vendor" / "temml"
+    font = "data:font/woff2;base64," + base64.b64encode((folder / "Temml.woff2").read_bytes()).decode("ascii")
+    css = (folder / "Temml-Local.css").read_text(encoding="utf-8").replace("url('Temml.woff2')", f"url('{font}')")
+    return {"name": "Temml 0.13.5 (https://temml.org)", "js": (folder / "temml.min.js").read_text(encoding="utf-8"),
+            "css": css, "license": " ".join((folder / "LICENSE").read_text(encoding="utf-8").split())}
+
+
+def render_view(run_dir: str | Path, *, max_chars: int | None = None, page_size: int = PAGE_SIZE,
+                math: bool = True) -> str:
+    """The page of a run as one HTML string (module docstring). With ``math`` the page
+    carries Temml (about 180 kB) and renders the LaTeX of problems, reference solutions,
+    steps and interventions as MathML; without it, all text is shown as written.
 
     Raises:
         ViewError: as :func:`build_view_data`.
@@ -344,17 +357,23 @@ def render_view(run_dir: str | Path, *, max_chars: int | None = None, page_size:
     env.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "separators": (",", ":")}
     css = (TEMPLATES / "view.css").read_text(encoding="utf-8")
     js = (TEMPLATES / "view.js").read_text(encoding="utf-8")
-    if "</" in css or "</script" in js.lower():
-        raise AssertionError("view.css / view.js must not contain '</' (it would end their inline element)")
+    assets = _math_assets() if math else None
+    # inline code must not end its element early (HTML: script data, raw text elements)
+    for text, end in ((css, "</style"), (js, "</script"), (js, "<!--"), *(((assets["css"], "</style"),
+                      (assets["js"], "</script"), (assets["js"], "<!--"), (assets["license"], "--")) if assets else ())):
+        if end in text.lower():
+            raise AssertionError(f"an inlined file of the page holds {end!r}")
     return env.get_template(TEMPLATE).render(
         data=data, run=data["run"], funnel=data["funnel"], reasons=data["reasons"], plots=plots,
         page_size=page_size, css=Markup(css), js=Markup(js),
+        math={"name": assets["name"], "license": assets["license"], "js": Markup(assets["js"]),
+              "css": Markup(assets["css"])} if assets else None,
         made_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         accepted=sum(1 for c in data["candidates"] if c["acc"]), parsed=len(data["candidates"]))
 
 
 def write_view(run_dir: str | Path, out: str | Path | None = None, *, max_chars: int | None = None,
-               page_size: int = PAGE_SIZE) -> Path:
+               page_size: int = PAGE_SIZE, math: bool = True) -> Path:
     """Write the page (atomically: a temporary file renamed into place) to ``out``, by
     default ``RUN_DIR/view.html``; returns its path.
 
@@ -373,7 +392,7 @@ def write_view(run_dir: str | Path, out: str | Path | None = None, *, max_chars:
         if GENERATOR.encode() not in head:
             raise ViewError(f"--out {out} exists and is not a page intgen view wrote; intgen never replaces what it "
                             "did not write: choose another --out, or move that file away")
-    html = render_view(run_dir, max_chars=max_chars, page_size=page_size)
+    html = render_view(run_dir, max_chars=max_chars, page_size=page_size, math=math)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     try:

@@ -124,8 +124,13 @@ def test_the_page_needs_no_network(page):
         assert tag not in ("link", "iframe", "object", "embed"), tag
         if tag == "script":
             assert "src" not in attrs
-    style = re.search(r"<style>(.*?)</style>", page, re.S).group(1)
-    assert "@import" not in style and not re.search(r"url\(\s*['\"]?(https?:)?//", style)
+    styles = re.findall(r"<style>(.*?)</style>", page, re.S)
+    assert len(styles) == 2  # the page's and the math renderer's
+    for style in styles:
+        assert "@import" not in style
+        # every url() is inline data or a fragment of an inline SVG: no file, no server
+        for target in re.findall(r"url\(\s*['\"]?([^'\")\s]+)", style):
+            assert target.startswith(("data:", "%23", "#")), target[:80]
 
 
 def test_the_cli_writes_the_page_where_asked(run, tmp_path, capsys):
@@ -184,8 +189,9 @@ def hostile_run(tmp_path_factory, grader):
     src.write_text("".join(json.dumps(p) + "\n" for p in [
         {"id": "x1", "problem": "What is 5 + 7? <script>document.body.dataset.owned = 1</script>",
          "reference_solution": "5 + 7 = 12. " + HOSTILE, "answer": "12"},
-        {"id": "x2", "problem": "What is 2 & 3 < 4 > 1? <!-- not a comment -->", "reference_solution": "It is 4.",
-         "answer": "4"},
+        {"id": "x2", "problem": "What is 2 & 3 < 4 > 1? <!-- not a comment --> "
+                                "$\\href{javascript:document.body.dataset.owned=1}{click}$ and $x < y$",
+         "reference_solution": "It is 4.", "answer": "4"},
     ]))
     out = tmp_path_factory.mktemp("view") / "hostile"
     spec = load_spec(None, [], data={"name": "hostile", "source": {"path": str(src), "adapter": "generic"},
@@ -200,8 +206,8 @@ def test_model_text_is_escaped(hostile_run):
     data = embedded(page)
     assert data["problems"]["x1"]["p"].endswith("<script>document.body.dataset.owned = 1</script>")
     assert any(HOSTILE in c["iv"] for c in data["candidates"])
-    # the template's two scripts and nothing else: no markup from the model reaches the HTML
-    assert page.count("<script") == 2 and page.lower().count("</script") == 2
+    # the template's three scripts (data, math renderer, page) and nothing else: no markup from the model
+    assert page.count("<script") == 3 and page.lower().count("</script") == 3
     assert not any(a.get("id") == "owned" or "onerror" in a or (t == "img" and a.get("src") == "x") for t, a in tags(page))
     assert "<!-- not a comment" not in page
 
@@ -213,6 +219,8 @@ def test_model_text_stays_text_in_a_browser(hostile_run, tmp_path):
     assert "&lt;script&gt;document.body.dataset.owned = 1&lt;/script&gt;" in dom
     assert "&lt;/script&gt;&lt;img src=x" in dom
     assert '<b id="owned"' not in dom and '<img src="x"' not in dom and "&lt;b id=\"owned\"&gt;bold" in dom
+    assert 'href="javascript' not in dom and "$\\href{javascript:" in dom  # an untrusted \href stays text
+    assert "<math" in dom  # while $x < y$ is math
 
 
 # -- in a browser -----------------------------------------------------------------------------
@@ -251,6 +259,19 @@ def test_the_screenshot_is_not_blank(run, page, tmp_path):
     # the accepted cards' green and the rejected cards' red borders are on screen
     pixels = {rgb for _, rgb in colors}
     assert (0x1f, 0x8a, 0x4c) in pixels and (0xc0, 0x39, 0x2b) in pixels
+
+
+@needs_chromium
+def test_math_is_rendered_unless_asked_not_to(run, page, tmp_path):
+    dom = chromium_dom(run / "view.html", tmp_path)
+    shown = dom[dom.index('<div id="cards">'):dom.index('id="pager-bottom"')]
+    assert "<math" in shown and 'title="$\\boxed{' in shown  # each formula keeps its LaTeX as its title
+    plain = write_view(run, tmp_path / "plain.html", math=False)
+    page = plain.read_text(encoding="utf-8")
+    assert "var temml=" not in page and page.count("<script") == 2  # no math renderer in the page
+    dom = chromium_dom(plain, tmp_path)
+    shown = dom[dom.index('<div id="cards">'):dom.index('id="pager-bottom"')]
+    assert "<math" not in shown and "So the answer is $\\boxed{" in shown
 
 
 # -- runs that went wrong, resumed runs ------------------------------------------------------

@@ -34,6 +34,7 @@ def test_the_wheel_holds_the_bundled_files(wheel):
                  "intgen/resources/data_cards/intgen_dataset.md.j2", "intgen/resources/data/demo/gsm8k_test_50.jsonl",
                  "intgen/resources/data/demo/math500_50.jsonl", "intgen/resources/data/demo/README.md",
                  "intgen/templates/view.html.j2", "intgen/templates/view.css", "intgen/templates/view.js",
+                 "intgen/templates/vendor/temml/temml.min.js", "intgen/templates/vendor/temml/LICENSE",
                  "intgen/cli.py", "intgen/stages/check.py", "intgen/executor.py"):
         assert path in names, path
 

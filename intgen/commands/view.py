@@ -11,7 +11,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         sizes = {k: v for k, v in (("max_chars", args.max_chars), ("page_size", args.page_size)) if v is not None}
-        out = write_view(args.run_dir, args.out, **sizes)
+        out = write_view(args.run_dir, args.out, math=not args.no_math, **sizes)
     except (ViewError, IsADirectoryError) as e:
         print(f"intgen view: {e}", file=sys.stderr)
         return 2
@@ -30,4 +30,6 @@ def register(sub) -> None:
                    help="cut continuation texts and proposer outputs to this many characters, keeping their start and "
                         "end (default 4000, less above 4,000 candidates so they total about 64 MB); "
                         "problems, steps and interventions are never cut")
+    p.add_argument("--no-math", action="store_true", help="leave LaTeX as written (the page then carries no math "
+                                                          "renderer, about 180 kB less)")
     p.set_defaults(func=run)

@@ -9,7 +9,9 @@
   DATA.reasons.forEach(function (r) { MEANING[r.reason] = r.meaning || r.detail; });
   var VERDICT = { c: "correct", w: "wrong", n: "no answer", u: "ungradable", "?": "unknown" };
   var $ = function (id) { return document.getElementById(id); };
-  var state = { status: "", reason: "", source: "", query: "", page: 0, size: parseInt($("f-size").value, 10) || 20 };
+  var HAS_MATH = typeof temml !== "undefined";
+  var state = { status: "", reason: "", source: "", query: "", page: 0, size: parseInt($("f-size").value, 10) || 20,
+                math: HAS_MATH };
   var haystack = null;  // lower-cased search text per candidate, built on the first search
   var matches = [];
 
@@ -24,6 +26,37 @@
     if (attrs) Object.keys(attrs).forEach(function (k) { node.setAttribute(k, attrs[k]); });
     append(node, children);
     return node;
+  }
+  // $$..$$, \[..\], \(..\) and $..$ (no line break; no space just inside the dollars; a closing
+  // dollar not followed by a digit, so "$5 and $6" stays text); an escaped \$ opens nothing
+  var MATH_RE = /(?<!\\)\$\$([\s\S]+?)\$\$|\\\[([\s\S]+?)\\\]|\\\(([\s\S]+?)\\\)|(?<!\\)\$(?=[^\s$])((?:\\[\s\S]|[^$\\\n])*?[^\s\\])\$(?!\d)/g;
+  function math(tex, display, source) {
+    var span = el("span", display ? "math display" : "math", null, { title: source });
+    try {
+      temml.render(tex, span, { displayMode: display, throwOnError: true });
+      return span;
+    } catch (e) {
+      return document.createTextNode(source);  // not LaTeX after all: the text as written
+    }
+  }
+  // model text, with its LaTeX rendered as MathML by Temml when the "math" box is ticked
+  function rich(tag, cls, text) {
+    var node = el(tag, cls);
+    if (!state.math || text === null || text === undefined || !/[$\\]/.test(text)) { append(node, text); return node; }
+    var last = 0, m;
+    MATH_RE.lastIndex = 0;
+    while ((m = MATH_RE.exec(text)) !== null) {
+      if (m.index > last) node.appendChild(document.createTextNode(text.slice(last, m.index)));
+      var display = m[1] !== undefined || m[2] !== undefined;
+      node.appendChild(math(m[1] || m[2] || m[3] || m[4], display, m[0]));
+      last = MATH_RE.lastIndex;
+    }
+    if (last < text.length) node.appendChild(document.createTextNode(text.slice(last)));
+    return node;
+  }
+  function answer(cls, text) {
+    if (!state.math || text === null || text === undefined) return el("div", cls, text === null || text === undefined ? "(none)" : text);
+    return el("div", cls, math(text, false, text));
   }
   function pre(text) { return el("pre", "text", text === null || text === undefined ? "(none)" : text); }
   function details(summary, body, open) {
@@ -58,18 +91,18 @@
   function trace(c, tr) {
     var steps = tr.steps, loc = c.loc, list = el("ol", "steps");
     for (var i = 0; i < Math.min(loc - 1, steps.length); i++) {
-      list.appendChild(el("li", "kept", [i === 0 ? el("span", "tag kept", "kept prefix") : null, el("span", "text", steps[i])]));
+      list.appendChild(el("li", "kept", [i === 0 ? el("span", "tag kept", "kept prefix") : null, rich("span", "text", steps[i])]));
     }
     if (loc >= 1 && loc <= steps.length) {
       list.appendChild(el("li", "blamed", [el("span", "tag blamed", "first error (step " + loc + ")"),
-                                            el("span", "text", steps[loc - 1])], { value: String(loc) }));
+                                            rich("span", "text", steps[loc - 1])], { value: String(loc) }));
     }
     list.appendChild(el("li", "intervention", [el("span", "tag intervention", "intervention, in place of step " + loc),
-                                                el("span", "text", c.iv)]));
+                                                rich("span", "text", c.iv)]));
     var rest = steps.slice(loc);
     var parts = [list];
     if (rest.length) {
-      var later = el("ol", "steps", rest.map(function (s) { return el("li", "dropped", el("span", "text", s)); }),
+      var later = el("ol", "steps", rest.map(function (s) { return el("li", "dropped", rich("span", "text", s)); }),
                      { start: String(loc + 1) });
       parts.push(rest.length <= 2 ? later : details(rest.length + " later steps of the failed trace (dropped)", later));
     }
@@ -99,9 +132,9 @@
       el("span", "rates", [rate("check", c.cc, c.cs, c.cr), " · ", rate("baseline", c.bc, c.bs, c.br), " · lift ",
                            el("b", null, c.lift === null ? "n/a" : (c.lift >= 0 ? "+" : "") + (100 * c.lift).toFixed(1) + " pts")])]);
     var top = el("div", "cols", [
-      el("div", null, [el("h3", null, "Problem"), el("div", "text problem", p.p)]),
-      el("div", null, [el("h3", null, "Gold answer"), el("div", "text gold mono", p.gold),
-                       details("reference solution", pre(p.ref))])]);
+      el("div", null, [el("h3", null, "Problem"), rich("div", "text problem", p.p)]),
+      el("div", null, [el("h3", null, "Gold answer"), answer("text gold", p.gold),
+                       details("reference solution", rich("div", "text reference", p.ref))])]);
     var checks = [
       el("h3", null, "Continuations"),
       verdictRow("check", c.cv, c.ca, "no check continuation answered"),
@@ -187,6 +220,12 @@
   $("f-reason").onchange = function () { state.reason = this.value; refilter(); };
   $("f-source").onchange = function () { state.source = this.value; refilter(); };
   $("f-size").onchange = function () { state.size = parseInt(this.value, 10); refilter(); };
+  if (HAS_MATH) {
+    $("f-math").checked = true;
+    $("f-math").onchange = function () { state.math = this.checked; render(); };
+  } else {
+    $("f-math-label").style.display = "none";
+  }
   var timer = null;
   $("f-query").oninput = function () {
     var value = this.value;
