@@ -1,7 +1,8 @@
 """``intgen view RUN``: one self-contained HTML page that shows what a run made (docs/view.md).
 
 The page is rendered with Jinja2 from ``intgen/templates/view.html.j2``; its stylesheet and
-script (``view.css``, ``view.js`` beside it) are inlined, and the run's plots
+script (``view.css``, ``view.js`` beside it) and the math renderer (Temml, MIT, vendored in
+``templates/vendor/temml``) are inlined, and the run's plots
 (``export/funnel.png``, ``export/distributions.png``, when the run was exported) are
 embedded as ``data:`` URIs, so the file opens without network access and can be mailed
 or attached as it is.
@@ -188,9 +189,13 @@ def _reasons(rejects: list[dict], inter: list[dict]) -> list[dict[str, Any]]:
         counts[key] += 1
         if r.get("detail") and key not in example:
             example[key] = r["detail"]
+    # a leaked candidate is a row of both tables (the propose stage's reject and a parsed candidate): count it once
+    leaks_counted = ("propose", "answer_leak") in counts
     for r in inter:
-        if r["reject_reason"]:
-            counts[("check" if r["reject_reason"] != "answer_leak" else "propose", r["reject_reason"])] += 1
+        if r["reject_reason"] == "answer_leak" and not leaks_counted:
+            counts[("propose", "answer_leak")] += 1
+        elif r["reject_reason"] and r["reject_reason"] != "answer_leak":
+            counts[("check", r["reject_reason"])] += 1
     order = {"load": 0, "rollout": 1, "solve": 2, "propose": 3, "check": 4, "baseline": 5}
     return [{"stage": s, "reason": reason, "count": n,
              "meaning": DECISIONS.get(reason) or REJECTS.get(reason) or "", "detail": example.get((s, reason), "")}

@@ -404,3 +404,15 @@ def test_long_texts_lose_their_middle_and_the_budget_shrinks_with_the_run():
     assert f"[… {len(text) - 1000:,} characters not shown …]" in cut and len(cut) < 1100
     assert _clip("short", 1000) == "short" and _clip(None, 10) is None
     assert default_max_chars(10) == 4000 and default_max_chars(10_000) == 1600 and default_max_chars(10**7) == 500
+
+
+def test_a_leaked_candidate_is_counted_once():
+    from intgen.view import _reasons
+
+    rejects = [{"stage": "propose", "reason": "answer_leak", "detail": "states 12"},
+               {"stage": "propose", "reason": "no_intervention_tag", "detail": None}]
+    inter = [{"reject_reason": "answer_leak"}, {"reject_reason": "too_few_correct"}, {"reject_reason": None}]
+    got = {(r["stage"], r["reason"]): r["count"] for r in _reasons(rejects, inter)}
+    assert got == {("propose", "answer_leak"): 1, ("propose", "no_intervention_tag"): 1, ("check", "too_few_correct"): 1}
+    got = {(r["stage"], r["reason"]): r["count"] for r in _reasons([], inter)}
+    assert got == {("propose", "answer_leak"): 1, ("check", "too_few_correct"): 1}
