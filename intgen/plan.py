@@ -10,7 +10,8 @@ is measured from a finished run (:func:`measured_funnel`).
 
 Expected values, stage by stage (docs/plan.md has the formulas): rollouts = problems x k
 (exact); failed = rollouts x p_failed; solve turns = failed (a prompt with a solve turn);
-proposer samples = failed x m; checked = proposer samples x p_parse; continuations =
+proposer samples = failed x m; checked = proposer samples x p_parse (faithful mode, which
+checks the first parsed candidate of a rollout only: failed x (1 - (1 - p_parse)^m)); continuations =
 checked x the mean samples drawn (the check stage's own stopping rule replayed on 20,000
 simulated candidates, :func:`intgen.stages.check.replay_stopping`); accepted = checked x
 the share accepted; baselines = accepted (or checked, for ``baseline.for: all``) x
@@ -232,7 +233,8 @@ def make_plan(spec: JobSpec, problems: list[Problem], prompt: ProposerPrompt, po
     rollouts = P * k
     failed = rollouts * funnel.p_failed
     proposals = failed * m
-    checked = proposals * funnel.p_parse
+    # faithful mode checks only the first parsed candidate of a rollout (docs/faithful.md, item 3)
+    checked = failed * (1 - (1 - funnel.p_parse) ** m) if spec.faithful else proposals * funnel.p_parse
     draws, share = check_draws(spec, funnel)
     accepted = checked * share
     base_for = {"accepted": accepted, "all": checked, "none": 0.0}[spec.baseline.for_]
