@@ -312,3 +312,22 @@ def test_lift_prints_the_papers_units_beside_its_own():
     line = next(x for x in text.splitlines() if x.strip().startswith("(d)"))
     assert "20.00%" in line and line.rstrip().endswith("1/2    25.00%")
     assert "paper:" in text.splitlines()[1]
+
+
+def test_item5_cut_equals_the_papers_decoded_prefix_with_a_real_tokenizer():
+    """With SmolLM2's tokenizer, the cut chat renders to exactly ``decode(ids[:N])`` of the
+    whole rendered chat with its generation header (the paper's cut)."""
+    from intgen.backends.templates import ChatRenderer, load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m-instruct")
+    renderer = ChatRenderer(tok)
+    chat = ({"role": "user", "content": "Solve the problem with the reference. " * 20},
+            {"role": "assistant", "content": "I solved it. " * 20},
+            {"role": "user", "content": "Check every substep: " + " ".join(f"Substep {i}: x = {i}." for i in range(200))})
+    count = lambda messages, continue_final: len(renderer.ids(messages, continue_final))  # noqa: E731
+    cut, open_, was_cut = cut_chat(chat, False, 300, count)
+    assert was_cut and open_ and cut[:2] == chat[:2] and count(cut, True) == 300
+    ids = tok(tok.apply_chat_template(list(chat), tokenize=False, add_generation_prompt=True),
+              add_special_tokens=False)["input_ids"]
+    assert len(ids) > 2000
+    assert renderer.render(cut, True).text == tok.decode(ids[:300])
