@@ -86,7 +86,7 @@ def cut_chat(messages: tuple[dict, ...], continue_final: bool, limit: int,
     then that message's content up to the cut, left open (``continue_final``), so the model
     continues it as the paper's model continued the cut text: with no end of turn and no
     generation header. The cut is found by binary search on the content's characters with
-    ``count`` (the backend's token count), so it matches the paper's within a token at the
+    ``count`` (the backend's token count), so it matches the paper's within a few tokens at the
     boundary. When only the generation header does not fit, the chat is kept whole and
     left open.
 
