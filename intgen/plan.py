@@ -113,9 +113,11 @@ def measured_funnel(run_dir: str | Path) -> Funnel:
         return statistics.mean(values) / math.exp(sigma ** 2 / 2) if values else 1.0
 
     located = [r["location"] / max(1, r["num_steps"]) for r in inter]
+    # a faithful run checks only the first parsed candidate of a rollout: parsed ones are not all checked
+    faithful = any(r["faithful"] for r in inter)
     return Funnel(
         p_failed=sum(r["failed"] for r in rollouts) / max(1, len(rollouts)),
-        p_parse=len(by_cand) / max(1, len(cands)) if checks else
+        p_parse=len(by_cand) / max(1, len(cands)) if checks and not faithful else
         sum(c["parse_status"] == "ok" for c in cands) / max(1, len(cands)),
         p_good=len(good) / max(1, len(by_cand)),
         good_rate=statistics.mean(sum(v) / len(v) for v in good) if good else 0.0,
