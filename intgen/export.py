@@ -60,6 +60,12 @@ The configs (each with the one split ``train``):
     ``location - 1`` of the rollout's selected candidate (0-based). These are *proposer*
     labels, where the proposer put its replacement step, at or before the true first
     error, not human labels; ``label_source`` says ``"proposer"``.
+``proposer_prompts``
+    ``proposer_prompts.parquet`` as the run wrote it (schema
+    :data:`intgen.tables.PROPOSER_PROMPTS`): the exact chat each failed rollout's proposer
+    samples were sent, once per rollout (``rollout_id``; the ``interventions`` rows point
+    to it by ``proposer_prompt_id``). A run made before this table existed has none, and
+    the config is left out.
 
 A view with no rows (a run that accepted nothing has empty ``sft``, ``llamafactory`` and
 ``processbench``) gets no files and no entry in ``configs:``: ``datasets`` cannot load a
@@ -101,7 +107,7 @@ __all__ = [
 EXPORT_DIRNAME = "export"
 SPLIT = "train"
 #: the configs, in the order the card lists them
-CONFIGS = ("interventions", "sft", "rl", "llamafactory", "processbench")
+CONFIGS = ("interventions", "sft", "rl", "llamafactory", "processbench", "proposer_prompts")
 #: a config is cut into Parquet shards of at most about this many bytes (Arrow's in-memory size)
 DEFAULT_MAX_SHARD_BYTES = 256 * 2**20
 CARD_TEMPLATE = resources.folder("data_cards") / "intgen_dataset.md.j2"
@@ -318,12 +324,16 @@ def build_views(run_dir: str | Path) -> dict[str, pa.Table]:
             "problem_id": r["problem_id"], "candidate_id": r["candidate_id"],
         })
 
+    prompts_path = run_dir / "proposer_prompts.parquet"
+    prompts = (_read_table(run_dir, "proposer_prompts") if prompts_path.exists()
+               else tables.table([], tables.PROPOSER_PROMPTS))
     return {
         "interventions": inter_table,
         "sft": tables.table(sft_rows, SFT_VIEW),
         "rl": tables.table(rl_rows, RL_VIEW),
         "llamafactory": tables.table(llamafactory_rows, LLAMAFACTORY_VIEW),
         "processbench": tables.table(processbench_rows, PROCESSBENCH_VIEW),
+        "proposer_prompts": prompts,
     }
 
 

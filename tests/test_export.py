@@ -143,6 +143,7 @@ EXPECTED = {
                      ("final_answer_correct", B), ("label", I), ("label_source", S), ("problem_id", S),
                      ("candidate_id", S)],
     "interventions": [(f.name, f.type) for f in tables.INTERVENTIONS],
+    "proposer_prompts": [(f.name, f.type) for f in tables.PROPOSER_PROMPTS],
 }
 
 
