@@ -13,6 +13,7 @@ string is tokenized (the listed continuation pitfalls).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import warnings
 from typing import Any, Iterable, Sequence
@@ -29,6 +30,10 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # reaches the engine's own processes
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm(\.|$)")
+# logged at import, before vLLM configures its loggers (so Python prints it bare): the CPU
+# build has no Triton backend and says so in every process
+if os.environ.get("VLLM_LOGGING_LEVEL", "").upper() in ("ERROR", "CRITICAL"):
+    logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
 
 #: vLLM's own ``EngineCoreProc.run_engine_core``, kept when :func:`_tie_engine_to_parent` wraps it
 _RUN_ENGINE_CORE = None
