@@ -78,7 +78,7 @@ def llamafactory_env():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, grader):
     """A fake run with a system prompt and accepted candidates, exported."""
-    problems_file = tmp_path_factory.mktemp("src") / "problems.jsonl"
+    problems_file = tmp_path_factory.mktemp("consumers-src") / "problems.jsonl"
     problems_file.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
     out = make_run(tmp_path_factory.mktemp("run") / "run", problems_file, grader, f"system_prompt={SYSTEM_PROMPT}")
     export_run(out)
