@@ -57,8 +57,7 @@ def run_loader(python: Path, script_name: str, *args, tmp_path: Path) -> dict:
     """Run a loader script in a consumer environment; returns the JSON it wrote."""
     out = tmp_path / f"{script_name}.json"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # intgen is not importable there
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "hf-datasets"), TOKENIZERS_PARALLELISM="false",
-               DISABLE_VERSION_CHECK="1")
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "hf-datasets"), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run([str(python), str(HERE / script_name), *map(str, args), str(out)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{script_name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
