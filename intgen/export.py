@@ -50,9 +50,12 @@ The configs (each with the one split ``train``):
 ``llamafactory``
     Alpaca-format rows for LLaMA-Factory (https://github.com/hiyouga/LLaMA-Factory,
     ``data/README.md``): ``instruction`` = the problem, ``input`` = ``""``, ``output`` = the
-    target, plus ``candidate_id``; ``dataset_info.json`` holds the entry
-    (``formatting: alpaca``, ``columns: {prompt: instruction, query: input, response:
-    output}``). The card explains why the chat template must not end the assistant turn.
+    target, ``system`` = the system prompt the policy's chats had (the spec's
+    ``system_prompt``; null without one, so LLaMA-Factory's template uses its default), plus
+    ``candidate_id``; ``dataset_info.json`` holds the entry (``formatting: alpaca``,
+    ``columns: {prompt: instruction, query: input, response: output, system: system}``).
+    LLaMA-Factory 0.9.5's own loader reads it so (tests/test_consumers.py). The card
+    explains why the chat template must not end the assistant turn.
 ``processbench``
     ProcessBench-style rows (Zheng et al. 2024, arXiv 2412.06559): ``id``, ``generator``,
     ``problem``, ``steps`` (the failed trace's ``\\n\\n`` steps, as numbered for the
@@ -132,7 +135,7 @@ RL_VIEW = pa.schema([
     ("data_source", S), ("prompt", MESSAGES), ("ability", S), ("reward_model", RL_REWARD_MODEL),
     ("extra_info", RL_EXTRA_INFO), ("answer", S), ("solution", S),
 ])
-LLAMAFACTORY_VIEW = pa.schema([("instruction", S), ("input", S), ("output", S), ("candidate_id", S)])
+LLAMAFACTORY_VIEW = pa.schema([("instruction", S), ("input", S), ("output", S), ("system", S), ("candidate_id", S)])
 PROCESSBENCH_VIEW = pa.schema([
     ("id", S), ("generator", S), ("problem", S), ("steps", pa.list_(S)), ("final_answer_correct", B),
     ("label", I), ("label_source", S), ("problem_id", S), ("candidate_id", S),
@@ -309,8 +312,12 @@ def build_views(run_dir: str | Path) -> dict[str, pa.Table]:
         "solution": _boxed(p["gold_answer"]),
     } for i, p in enumerate(problems)]
 
+    # the system prompt travels in its own column: LLaMA-Factory's alpaca converter reads
+    # only instruction/input/output, so without it the template's default system prompt
+    # would replace the one the rollouts and checks ran under
     llamafactory_rows = [{
         "instruction": r["prompt"][-1]["content"], "input": "", "output": r["completion"][-1]["content"],
+        "system": next((m["content"] for m in r["prompt"] if m["role"] == "system"), None),
         "candidate_id": r["candidate_id"],
     } for r in sft]
 
@@ -544,8 +551,8 @@ def llamafactory_dataset_info(run_name: str, repo_id: str | None = None) -> dict
     (``dataset_dir`` = the export folder, ``file_name`` = the config's folder of Parquet
     shards) and, when the repo is known, the Hub one (``hf_hub_url`` + ``subset``).
     Format: LLaMA-Factory ``data/README.md`` (alpaca: ``columns`` maps ``prompt``,
-    ``query``, ``response`` to the dataset's columns)."""
-    columns = {"prompt": "instruction", "query": "input", "response": "output"}
+    ``query``, ``response``, ``system`` to the dataset's columns)."""
+    columns = {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}
     name = f"intgen_{_slug(run_name)}"
     info: dict[str, Any] = {name: {"file_name": "llamafactory", "formatting": "alpaca", "columns": columns}}
     if repo_id:
