@@ -345,6 +345,8 @@ class OpenAIBackend(Backend):
                                  if p.tokenize else ", tokenized locally to the same ids (no tokenizer endpoint)"))
         elif mode == "none":
             self.fidelity = "no continuations"
+        elif p.tokenize == "vllm":
+            self.fidelity = "not checked yet: each continuation prompt is checked with the server's /tokenize"
         elif p.tokenize is None or p.tokenize != "vllm":
             self._has_tokenize = False
             self.fidelity = "unchecked: the server has no /tokenize endpoint"
@@ -586,7 +588,7 @@ class OpenAIBackend(Backend):
         after = _retry_after(exc) if exc is not None else None
         if after is not None and 0 <= after <= 60:
             return after
-        return wait_exponential_jitter(initial=0.5, max=8, jitter=0.5)(retry_state)
+        return wait_exponential_jitter(multiplier=0.5, max=8, jitter=0.5)(retry_state)
 
     async def _retrying(self, call):
         """``await call()`` under the retry rule (module docstring): at most

@@ -53,6 +53,9 @@ class Feature:
     ok: bool | None
     detail: str
 
+    def __post_init__(self) -> None:
+        self.detail = " ".join(str(self.detail).split())  # one line (servers' messages hold newlines)
+
 
 @dataclass
 class ServerProbe:
