@@ -283,6 +283,8 @@ class FakeOpenAIServer:
             self._send(h, 400, {"error": {"message": f"This model's maximum context length is exceeded: the prompt has "
                                                      f"{len(prompt)} characters", "type": "BadRequestError", "code": 400}})
             return
+        if t is not None:  # the rendered prompt tells: a new assistant turn, or one to continue (any endpoint)
+            continuing = not prompt.endswith(self._generation_prompt())
         fault = None if probe else self._fault_for(key)
         if fault in ("429", "500", "503"):
             record(fault)
@@ -316,6 +318,13 @@ class FakeOpenAIServer:
         self._send(h, 200, {"id": f"fake-{key[:12]}", "object": obj, "created": int(time.time()), "model": self.served,
                             "choices": choices, "usage": {"prompt_tokens": used, "completion_tokens": words,
                                                           "total_tokens": used + words}})
+
+    def _generation_prompt(self) -> str:
+        """What the chat template appends to open a new assistant turn."""
+        t = self.tokenizer
+        user = [{"role": "user", "content": "x"}]
+        with_prompt = t.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        return with_prompt[len(t.apply_chat_template(user, tokenize=False, add_generation_prompt=False)):]
 
     def _tokenize(self, h: BaseHTTPRequestHandler, path: str, body: dict) -> None:
         t = self.tokenizer
