@@ -301,7 +301,7 @@ class OpenAIBackend(Backend):
             fmt = s.prompt_format
         cf = feats["continue_final_message"]
         if s.continuation == "auto":
-            if cf.ok and p.tokenize == "vllm" and p.ok("chat"):
+            if cf.ok and p.chat_tokenize and p.ok("chat"):
                 mode = "server"
             elif self.renderer is not None and fmt is not None:
                 mode = "completions"
@@ -345,9 +345,9 @@ class OpenAIBackend(Backend):
                                  if p.tokenize else ", tokenized locally to the same ids (no tokenizer endpoint)"))
         elif mode == "none":
             self.fidelity = "no continuations"
-        elif p.tokenize == "vllm":
+        elif p.chat_tokenize:
             self.fidelity = "not checked yet: each continuation prompt is checked with the server's /tokenize"
-        elif p.tokenize is None or p.tokenize != "vllm":
+        elif not p.chat_tokenize:
             self._has_tokenize = False
             self.fidelity = "unchecked: the server has no /tokenize endpoint"
 
@@ -532,13 +532,14 @@ class OpenAIBackend(Backend):
 
     async def _check_text(self, text: str, ids: list[int], form: str) -> None:
         if form == "llama-cpp-python":
-            path, body = "/extras/tokenize", {"model": self.served, "input": text}
+            body = {"model": self.served, "input": text}
         elif form == "llama.cpp":
-            path, body = "/tokenize", {"content": text, "add_special": True, "parse_special": True}
+            body = {"content": text, "add_special": True, "parse_special": True}
         else:
-            path, body = "/tokenize", {"model": self.served, "prompt": text, "add_special_tokens": True}
+            body = {"model": self.served, "prompt": text, "add_special_tokens": True}
+        url = self.probe.tokenize_url
         async with self._sem:
-            got = await self._retrying(lambda: self.client.post(self.root_url + path, cast_to=object, body=body))
+            got = await self._retrying(lambda: self.client.post(url, cast_to=object, body=body))
         tokens = [t if isinstance(t, int) else t.get("id") for t in got["tokens"]]
         if tokens != ids:
             i = next((k for k, (a, b) in enumerate(zip(tokens, ids)) if a != b), min(len(tokens), len(ids)))
@@ -590,10 +591,11 @@ class OpenAIBackend(Backend):
             return after
         return wait_exponential_jitter(multiplier=0.5, max=8, jitter=0.5)(retry_state)
 
-    async def _retrying(self, call):
+    async def _retrying(self, call, retries: int | None = None):
         """``await call()`` under the retry rule (module docstring): at most
         ``backend.max_retries`` more tries, and only for errors :func:`classify` calls
-        ``"retry"``; any other error is raised at once (one HTTP attempt).
+        ``"retry"``; any other error is raised at once (one HTTP attempt). ``retries``
+        overrides ``max_retries`` (the probe's requests retry once).
 
         Raises:
             openai.APIError: the last error.
@@ -604,18 +606,19 @@ class OpenAIBackend(Backend):
             self.counts["retries"] += 1
 
         result = None
-        async for attempt in AsyncRetrying(stop=stop_after_attempt(self.spec.max_retries + 1), wait=self._wait,
+        retries = self.spec.max_retries if retries is None else min(retries, self.spec.max_retries)
+        async for attempt in AsyncRetrying(stop=stop_after_attempt(retries + 1), wait=self._wait,
                                            retry=retry_if_exception(lambda e: classify(e) == "retry"),
                                            before_sleep=count, reraise=True):
             with attempt:
                 result = await call()
         return result
 
-    async def create(self, endpoint: str, kwargs: dict[str, Any]):
+    async def create(self, endpoint: str, kwargs: dict[str, Any], retries: int | None = None):
         """One ``/v1/completions`` (``endpoint="completions"``) or ``/v1/chat/completions``
         call with the client's keyword arguments, under the retry rule (:meth:`_retrying`)."""
         create = self.client.completions.create if endpoint == "completions" else self.client.chat.completions.create
-        return await self._retrying(lambda: create(**kwargs))
+        return await self._retrying(lambda: create(**kwargs), retries)
 
     async def _call(self, request: Request) -> Completion:
         """One sample, through the outage policy (module docstring): a request that still

@@ -65,15 +65,20 @@ class ServerProbe:
         base_url: the API root probed (without credentials).
         model: the served model name probed.
         features: feature name (:data:`FEATURES`) -> :class:`Feature`.
-        tokenize: the tokenizer endpoint's form: ``"vllm"`` (``/tokenize`` with
-            ``prompt``/``messages``), ``"llama.cpp"`` (``/tokenize`` with ``content``),
-            ``"llama-cpp-python"`` (``/extras/tokenize``), or None.
+        tokenize: the tokenizer endpoint's form: ``"vllm"`` (``prompt``, answers with a
+            ``count``: vLLM, SGLang), ``"llama.cpp"`` (``content``), ``"llama-cpp-python"``
+            (``/extras/tokenize``), or None.
+        tokenize_url: where it answered.
+        chat_tokenize: whether the server's ``/tokenize`` also renders chats (vLLM's chat
+            form), so each continuation prompt can be checked in ``server`` mode.
     """
 
     base_url: str
     model: str
     features: dict[str, Feature] = field(default_factory=dict)
     tokenize: str | None = None
+    tokenize_url: str | None = None
+    chat_tokenize: bool = False
 
     def ok(self, name: str) -> bool | None:
         f = self.features.get(name)
@@ -81,7 +86,7 @@ class ServerProbe:
 
     def as_dict(self) -> dict[str, Any]:
         return {"base_url": self.base_url, "model": self.model, "tokenize": self.tokenize,
-                "features": {k: asdict(v) for k, v in self.features.items()}}
+                "chat_tokenize": self.chat_tokenize, "features": {k: asdict(v) for k, v in self.features.items()}}
 
     def format(self) -> str:
         """A human-readable report, one line per feature."""
@@ -101,31 +106,37 @@ def _why(e: BaseException) -> str:
     return error_text(e)
 
 
+#: probe requests are retried once at most (a server that refuses n=2 with a 500 is not waited for)
+_RETRIES = 1
+
+
 async def _chat(b: "OpenAIBackend", **kwargs: Any):
-    return await b.create("chat", {"model": b.served, "extra_headers": {PROBE_HEADER: "1"}, **kwargs})
+    return await b.create("chat", {"model": b.served, "extra_headers": {PROBE_HEADER: "1"}, **kwargs}, _RETRIES)
 
 
 async def _completion(b: "OpenAIBackend", prompt: Any, **kwargs: Any):
     return await b.create("completions", {"model": b.served, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
-                                          "extra_headers": {PROBE_HEADER: "1"}, **kwargs})
+                                          "extra_headers": {PROBE_HEADER: "1"}, **kwargs}, _RETRIES)
 
 
-async def _post(b: "OpenAIBackend", path: str, body: dict[str, Any]) -> Any:
-    return await b.client.with_options(max_retries=0).post(b.root_url + path, cast_to=object, body=body,
-                                                           options={"headers": {PROBE_HEADER: "1"}})
+async def _post(b: "OpenAIBackend", url: str, body: dict[str, Any]) -> Any:
+    return await b.client.post(url if "://" in url else b.root_url + url, cast_to=object, body=body,
+                               options={"headers": {PROBE_HEADER: "1"}})
 
 
-async def probe_tokenize(b: "OpenAIBackend") -> tuple[str | None, Feature]:
-    """Find the server's tokenizer endpoint; returns its form and the feature."""
+async def probe_tokenize(b: "OpenAIBackend") -> tuple[str | None, str | None, Feature]:
+    """Find the server's tokenizer endpoint; returns its form, its URL and the feature."""
     import openai
 
     body = {"model": b.served, "prompt": _TOKENIZE_TEXT, "add_special_tokens": True,  # vLLM, SGLang
             "content": _TOKENIZE_TEXT, "add_special": True, "parse_special": True}  # llama.cpp
     tried = []
-    for path, form, payload in (("/tokenize", None, body),
-                                ("/extras/tokenize", "llama-cpp-python", {"model": b.served, "input": _TOKENIZE_TEXT})):
+    for url, form, payload in ((b.root_url + "/tokenize", None, body), (b.base_url + "/tokenize", None, body),
+                               (b.root_url + "/extras/tokenize", "llama-cpp-python",
+                                {"model": b.served, "input": _TOKENIZE_TEXT})):
+        path = url[len(b.root_url):]
         try:
-            got = await _post(b, path, payload)
+            got = await _post(b, url, payload)
         except (openai.APIStatusError, openai.APIConnectionError) as e:
             tried.append(f"{path}: {_why(e)}")
             continue
@@ -141,12 +152,13 @@ async def probe_tokenize(b: "OpenAIBackend") -> tuple[str | None, Feature]:
             local = list(b.renderer.tokenizer(_TOKENIZE_TEXT, add_special_tokens=True)["input_ids"])
             detail += "; same ids as the local tokenizer" if tokens == local else (
                 f"; ids differ from the local tokenizer's ({tokens[:6]} vs {local[:6]}): another tokenizer?")
-        return form, Feature(True, detail)
-    return None, Feature(False, "; ".join(tried) or "none")
+        return form, url, Feature(True, detail)
+    return None, None, Feature(False, "; ".join(tried) or "none")
 
 
-async def probe_continue_final(b: "OpenAIBackend", form: str | None) -> Feature:
-    """Whether an open assistant turn is continued (module docstring)."""
+async def probe_continue_final(b: "OpenAIBackend", form: str | None, out: "ServerProbe") -> Feature:
+    """Whether an open assistant turn is continued (module docstring); sets
+    ``out.chat_tokenize`` when vLLM's ``/tokenize`` rendered the chat."""
     import openai
 
     extra = {"continue_final_message": True, "add_generation_prompt": False}
@@ -161,6 +173,7 @@ async def probe_continue_final(b: "OpenAIBackend", form: str | None) -> Feature:
     if form == "vllm":
         try:
             ids = list((await _post(b, "/tokenize", b.chat_body(_OPEN, True)))["tokens"])
+            out.chat_tokenize = True
             if local is not None:
                 if ids == local.ids:
                     return Feature(True, "the server's /tokenize rendering equals the local one")
@@ -266,9 +279,9 @@ async def probe_server(b: "OpenAIBackend") -> ServerProbe:
             return Feature(False, f"refused: {_why(e)}")
         return Feature(bool(resp.choices), "answered" if resp.choices else "answered without a choice")
 
-    form, tok = await probe_tokenize(b)
+    form, out.tokenize_url, tok = await probe_tokenize(b)
     out.tokenize = form
-    results = await asyncio.gather(chat(), probe_completions(b), probe_continue_final(b, form), probe_n(b))
+    results = await asyncio.gather(chat(), probe_completions(b), probe_continue_final(b, form, out), probe_n(b))
     (ids, text) = results[1]
     out.features.update(chat=results[0], completions_token_ids=ids, completions_text=text,
                         continue_final_message=results[2], n=results[3])
