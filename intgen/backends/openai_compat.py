@@ -535,12 +535,14 @@ class OpenAIBackend(Backend):
             body = {"model": self.served, "input": text}
         elif form == "llama.cpp":
             body = {"content": text, "add_special": True, "parse_special": True}
+        elif form == "tgi":
+            body = {"inputs": text}
         else:
             body = {"model": self.served, "prompt": text, "add_special_tokens": True}
         url = self.probe.tokenize_url
         async with self._sem:
             got = await self._retrying(lambda: self.client.post(url, cast_to=object, body=body))
-        tokens = [t if isinstance(t, int) else t.get("id") for t in got["tokens"]]
+        tokens = [t if isinstance(t, int) else t.get("id") for t in (got if isinstance(got, list) else got["tokens"])]
         if tokens != ids:
             i = next((k for k, (a, b) in enumerate(zip(tokens, ids)) if a != b), min(len(tokens), len(ids)))
             raise PrefixFidelityError(

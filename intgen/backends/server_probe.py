@@ -22,8 +22,9 @@ a one-line ``detail``:
   intgen always sends ``n=1``; this is for the report.
 - ``seeds``: a request with a ``seed`` is accepted, and the same seed twice gives the
   same text (temperature 1).
-- ``tokenize``: a tokenizer endpoint: vLLM's and llama.cpp's ``POST /tokenize`` (one body
-  holds both servers' field names), or llama-cpp-python's ``POST /extras/tokenize``.
+- ``tokenize``: a tokenizer endpoint: ``POST /tokenize`` of vLLM, llama.cpp's server or TGI
+  (one body holds the three servers' field names), SGLang's ``POST /v1/tokenize``, or
+  llama-cpp-python's ``POST /extras/tokenize``.
 
 Probe requests carry the header ``X-Intgen-Probe: 1`` (the test server keeps them out of
 its request log) and go through the backend's retry rule.
@@ -66,8 +67,9 @@ class ServerProbe:
         model: the served model name probed.
         features: feature name (:data:`FEATURES`) -> :class:`Feature`.
         tokenize: the tokenizer endpoint's form: ``"vllm"`` (``prompt``, answers with a
-            ``count``: vLLM, SGLang), ``"llama.cpp"`` (``content``), ``"llama-cpp-python"``
-            (``/extras/tokenize``), or None.
+            ``count``: vLLM, SGLang), ``"llama.cpp"`` (``content``), ``"tgi"`` (``inputs``,
+            answers with a list of tokens), ``"llama-cpp-python"`` (``/extras/tokenize``),
+            or None.
         tokenize_url: where it answered.
         chat_tokenize: whether the server's ``/tokenize`` also renders chats (vLLM's chat
             form), so each continuation prompt can be checked in ``server`` mode.
@@ -129,7 +131,8 @@ async def probe_tokenize(b: "OpenAIBackend") -> tuple[str | None, str | None, Fe
     import openai
 
     body = {"model": b.served, "prompt": _TOKENIZE_TEXT, "add_special_tokens": True,  # vLLM, SGLang
-            "content": _TOKENIZE_TEXT, "add_special": True, "parse_special": True}  # llama.cpp
+            "content": _TOKENIZE_TEXT, "add_special": True, "parse_special": True,  # llama.cpp
+            "inputs": _TOKENIZE_TEXT}  # TGI
     tried = []
     for url, form, payload in ((b.root_url + "/tokenize", None, body), (b.base_url + "/tokenize", None, body),
                                (b.root_url + "/extras/tokenize", "llama-cpp-python",
@@ -140,7 +143,10 @@ async def probe_tokenize(b: "OpenAIBackend") -> tuple[str | None, str | None, Fe
         except (openai.APIStatusError, openai.APIConnectionError) as e:
             tried.append(f"{path}: {_why(e)}")
             continue
-        tokens = got.get("tokens") if isinstance(got, dict) else None
+        if isinstance(got, list) and got and isinstance(got[0], dict) and "id" in got[0]:  # TGI: [{id, text, ...}]
+            form, tokens = "tgi", got
+        else:
+            tokens = got.get("tokens") if isinstance(got, dict) else None
         if not isinstance(tokens, list) or not tokens:
             tried.append(f"{path}: no token list in the answer")
             continue
