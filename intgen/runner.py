@@ -63,11 +63,17 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
         proposer_backend = make_backend(spec.proposer_backend, spec.proposer_model)
     proposer = proposer_backend or policy
     _check_continuation(policy, proposer, prompt)
-    # a server-backed engine probes the server here and may find it cannot continue a turn (auto modes)
-    await policy.prepare()
-    if proposer is not policy:
-        await proposer.prepare()
-    _check_continuation(policy, proposer, prompt)
+    try:  # a server-backed engine probes the server here and may find it cannot continue a turn (auto modes)
+        await policy.prepare()
+        if proposer is not policy:
+            await proposer.prepare()
+        _check_continuation(policy, proposer, prompt)
+    except BaseException:
+        if close:
+            await policy.close()
+            if proposer is not policy:
+                await proposer.close()
+        raise
     check_out_dir(Path(out_dir))
     with run_lock(Path(out_dir), "generate"):
         return await _run_locked(spec, out_dir, prompt, policy, proposer, progress, close, grader)

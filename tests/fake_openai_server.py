@@ -15,7 +15,9 @@ are not vLLM: ``string_prompts_only`` (``/v1/completions`` refuses a prompt of t
 as llama.cpp's Python server does), ``validation_500`` (such a refusal is a 500 whose body
 is a validation error, as that server answers, instead of a 422), ``ignore_n`` (one choice
 whatever ``n`` asks), ``no_continue_final`` (``continue_final_message`` is ignored: the
-last assistant turn is closed and a new one opened) and ``no_tokenize`` (no ``/tokenize``).
+last assistant turn is closed and a new one opened), ``no_tokenize`` (no ``/tokenize``)
+and ``no_seed`` (a request with a ``seed`` gets a 400, as some hosted APIs answer an
+unknown field).
 With a ``tokenizer``, the server renders chats and tokenizes text prompts as vLLM does
 (chat: the template's text, no special tokens added; a text prompt: special tokens added)
 and logs the token ids that reach "the model" (:attr:`Logged.prompt_ids`); usage counts
@@ -41,7 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 FAULTS = ("429", "500", "503", "stall", "drop", "few")
-QUIRKS = ("string_prompts_only", "validation_500", "ignore_n", "no_continue_final", "no_tokenize")
+QUIRKS = ("string_prompts_only", "validation_500", "ignore_n", "no_continue_final", "no_tokenize", "no_seed")
 #: servers imitated by quirks (docs/servers.md)
 IMITATIONS = {
     "vllm": frozenset(),
@@ -248,6 +250,10 @@ class FakeOpenAIServer:
         if self.refuse is not None and not probe:
             record(str(self.refuse[0]))
             self._send(h, self.refuse[0], {"error": {"message": self.refuse[1], "code": self.refuse[0]}})
+            return
+        if "no_seed" in self.quirks and "seed" in body:
+            record("400")
+            self._send(h, 400, {"error": {"message": "Unrecognized request argument supplied: seed", "code": 400}})
             return
         t = self.tokenizer
         if path == "/v1/chat/completions":

@@ -234,3 +234,35 @@ def test_check_server_reports_what_each_imitation_supports(capsys, tok):
     text = capsys.readouterr().out
     assert "continuation=server" in text and "POST /tokenize (vllm form)" in text
     assert main(["check-server", "http://127.0.0.1:9/v1", "--model", MODEL]) == 2
+
+
+def test_a_server_that_refuses_seeds_gets_none(tok):
+    async def main(server):
+        b = make_backend(BackendSpec(kind="openai", base_url=server.url, served_model_name=MODEL), MODEL)
+        await b.start()
+        try:
+            reqs = [Request(f"s{i}", ({"role": "user", "content": "Hi"},), Sampling(max_tokens=8), seed=i) for i in range(2)]
+            return [c async for c in b.stream(reqs)], b.describe()
+        finally:
+            await b.close()
+
+    with FakeOpenAIServer(served=MODEL, tokenizer=tok, quirks={"no_seed"}) as server:
+        out, info = asyncio.run(main(server))
+        assert all(c.finish_reason == "stop" for c in out) and len(server.log) == 2
+        assert all("seed" not in e.body for e in server.log)
+    assert info["modes"]["seeds"].startswith("not sent: a request with a seed was refused")
+
+
+def test_auto_finds_no_way_to_continue_and_the_policy_is_refused_before_any_request(tmp_path, tok, grader):
+    """No local tokenizer (so no completions mode) and a server that closes the open turn:
+    auto picks none, and the run is refused before the run folder or any generation request."""
+    with FakeOpenAIServer(served=MODEL, tokenizer=tok, quirks="no-continue-final") as server:
+        spec = load_spec(ROOT / "pipelines" / "demo-server.yaml", [
+            f"backend.base_url={server.url}", f"proposer.backend.base_url={server.url}", *OVERRIDES])
+        policy = make_backend(BackendSpec(kind="openai", base_url=server.url, served_model_name=MODEL,
+                                          continuation="auto"), "nobody/no-such-model")
+        out = tmp_path / "run"
+        with pytest.raises(BackendError, match="check stage"):
+            run_job(spec, out, spec_dir=ROOT / "pipelines", backend=policy, progress=False, grader=grader)
+        assert policy.describe()["modes"]["continuation"] == "none"
+        assert not out.exists() and not server.log and server.probes
