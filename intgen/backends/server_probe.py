@@ -23,8 +23,8 @@ a one-line ``detail``:
 - ``seeds``: a request with a ``seed`` is accepted, and the same seed twice gives the
   same text (temperature 1).
 - ``tokenize``: a tokenizer endpoint: ``POST /tokenize`` of vLLM, llama.cpp's server or TGI
-  (one body holds the three servers' field names), SGLang's ``POST /v1/tokenize``, or
-  llama-cpp-python's ``POST /extras/tokenize``.
+  (each server's body in turn), SGLang's ``POST /v1/tokenize``, or llama-cpp-python's
+  ``POST /extras/tokenize``.
 
 Probe requests carry the header ``X-Intgen-Probe: 1`` (the test server keeps them out of
 its request log) and go through the backend's retry rule.
@@ -130,17 +130,23 @@ async def probe_tokenize(b: "OpenAIBackend") -> tuple[str | None, str | None, Fe
     """Find the server's tokenizer endpoint; returns its form, its URL and the feature."""
     import openai
 
-    body = {"model": b.served, "prompt": _TOKENIZE_TEXT, "add_special_tokens": True,  # vLLM, SGLang
-            "content": _TOKENIZE_TEXT, "add_special": True, "parse_special": True,  # llama.cpp
-            "inputs": _TOKENIZE_TEXT}  # TGI
-    tried = []
-    for url, form, payload in ((b.root_url + "/tokenize", None, body), (b.base_url + "/tokenize", None, body),
-                               (b.root_url + "/extras/tokenize", "llama-cpp-python",
-                                {"model": b.served, "input": _TOKENIZE_TEXT})):
+    text = _TOKENIZE_TEXT
+    tries = (  # one body per server: some refuse fields they do not know
+        (b.root_url + "/tokenize", None, {"model": b.served, "prompt": text, "add_special_tokens": True}),  # vLLM
+        (b.root_url + "/tokenize", "llama.cpp", {"content": text, "add_special": True, "parse_special": True}),
+        (b.root_url + "/tokenize", "tgi", {"inputs": text}),
+        (b.base_url + "/tokenize", None, {"model": b.served, "prompt": text, "add_special_tokens": True}),  # SGLang
+        (b.root_url + "/extras/tokenize", "llama-cpp-python", {"model": b.served, "input": text}))
+    tried, missing = [], set()
+    for url, form, payload in tries:
         path = url[len(b.root_url):]
+        if url in missing:
+            continue
         try:
             got = await _post(b, url, payload)
         except (openai.APIStatusError, openai.APIConnectionError) as e:
+            if getattr(e, "status_code", None) in (404, 405):
+                missing.add(url)
             tried.append(f"{path}: {_why(e)}")
             continue
         if isinstance(got, list) and got and isinstance(got[0], dict) and "id" in got[0]:  # TGI: [{id, text, ...}]
@@ -151,7 +157,7 @@ async def probe_tokenize(b: "OpenAIBackend") -> tuple[str | None, str | None, Fe
             tried.append(f"{path}: no token list in the answer")
             continue
         if form is None:
-            form = "vllm" if "count" in got or "max_model_len" in got else "llama.cpp"
+            form = "vllm"
         tokens = [t if isinstance(t, int) else t.get("id") for t in tokens]
         detail = f"POST {path} ({form} form)"
         if b.renderer is not None:
