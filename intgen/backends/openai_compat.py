@@ -240,6 +240,18 @@ class OpenAIBackend(Backend):
         self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key(), timeout=self.spec.timeout_s,
                                          max_retries=0, http_client=http)
         self._sem = asyncio.Semaphore(self.spec.concurrency)
+        try:
+            await self._connect()
+        except BaseException:  # a failed start leaves nothing open, and a later start() tries again
+            await self.client.close()
+            self.client = None
+            raise
+
+    async def _connect(self) -> None:
+        """List the models (context length, served name), load the local tokenizer, probe
+        the server and choose the modes (module docstring)."""
+        import openai
+
         where = _public_url(self.base_url)
         try:
             models = await self._retrying(lambda: self.client.with_options(
@@ -277,13 +289,8 @@ class OpenAIBackend(Backend):
                 self.renderer = None
         from intgen.backends.server_probe import probe_server
 
-        try:
-            self.probe = await probe_server(self)
-            self._choose_modes()
-        except BaseException:
-            await self.client.close()
-            self.client = None
-            raise
+        self.probe = await probe_server(self)
+        self._choose_modes()
 
     def _choose_modes(self) -> None:
         """Set :attr:`continuation`, :attr:`prompt_format` and the seeds from the spec and
