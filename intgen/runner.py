@@ -108,7 +108,7 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
                        backends={"policy": policy.describe(), "proposer": proposer.describe()}, **info)
 
     ex = Executor(GENERATE_STAGES, store, grader, progress=progress, schedule=x.schedule, slice_size=x.slice,
-                  window=x.window, on_status=manifest)
+                  window=x.window, on_status=manifest, faithful=spec.faithful)
     try:
         ex.add_engine("policy", policy, spec.model)
         ex.add_engine("proposer", proposer, spec.proposer_model)
@@ -125,15 +125,17 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
         s = spec.sampling
         sampling = Sampling(s.temperature, s.top_p, s.top_k, s.max_tokens)
         common = dict(sampling=sampling, system_prompt=spec.system_prompt, run_seed=spec.seed)
-        rollout = RolloutStage(ex, spec.rollout.k, order=order, on_failed=lambda r: propose.add(r), **common)
+        rollout = RolloutStage(ex, spec.rollout.k, order=order, on_failed=lambda r: propose.add(r),
+                               faithful=spec.faithful, **common)
         rollouts = rollout.records  # the check and baseline stages read the failed traces
         baseline = BaselineStage(ex, spec.baseline.for_, spec.check.r, problems=by_id, rollouts=rollouts,
-                                 order=order, **common)
+                                 order=order, faithful=spec.faithful, **common)
         check = CheckStage(ex, spec.check.r, spec.check.wave, spec.check.early_stop, spec.check.give_up_after,
                            spec.accept.min_correct, faithful=spec.faithful, problems=by_id, rollouts=rollouts,
                            order=order, on_decided=baseline.add, **common)
         propose = ProposeStage(ex, prompt, spec.propose.m, sampling, spec.seed, spec.faithful, by_id, order,
-                               on_parsed=check.add)
+                               on_parsed=check.add, on_unusable=check.settle,
+                               cut_prompt_tokens=spec.propose.cut_prompt_tokens)
         for p in problems:
             rollout.add(p)
         try:
@@ -147,8 +149,11 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
         check_rows = check.rows()
         tables.write_parquet(rollout_rows, tables.ROLLOUTS, out / "rollouts.parquet")
         tables.write_parquet(cand_rows, tables.CANDIDATES, out / "candidates.parquet")
+        tables.write_parquet(propose.prompt_rows(), tables.PROPOSER_PROMPTS, out / "proposer_prompts.parquet")
         tables.write_parquet(check_rows + baseline.rows(), tables.CONTINUATIONS, out / "continuations.parquet")
-        rows = interventions(spec, prompt, by_id, rollouts, cand_rows, check.results, baseline.verdicts(), check_rows)
+        not_checked = check.not_checked()
+        rows = interventions(spec, prompt, by_id, rollouts, cand_rows, check.results, baseline.verdicts(), check_rows,
+                             not_checked)
         tables.write_parquet(rows, tables.INTERVENTIONS, out / "interventions.parquet")
         sft = sft_rows(rows, spec.system_prompt)
         tables.write_parquet(sft, tables.SFT, out / "sft.parquet")
@@ -165,6 +170,9 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
                  "rollout_verdicts": dict(sorted(Counter(r.verdict for r in rollout_rows).items())),
                  "parse_status": dict(sorted(Counter(c.parse_status for c in cand_rows).items())),
                  "check_stopped": dict(sorted(Counter(r.check_stopped for r in rows if r.check_stopped).items())),
+                 # faithful mode checks only the first parsed candidate per rollout (docs/faithful.md, item 3):
+                 # the check continuations it did not send, r per parsed candidate left unchecked
+                 "check_requests_not_sent": check.requests_not_sent,
                  "grading": {"cache_hits": grader.hits, "cache_misses": grader.misses},
                  "reused_samples": sum(st.from_store for st in ex.stages.values()),
                  "ledger": ledger(out, ex.stages, engines=len({id(policy), id(proposer)}), span=ex.engine_span),

@@ -42,6 +42,7 @@ def print_where(out: Path, export_dir: Path, sft_rows: int) -> None:
         print(f"no SFT rows: no intervention was accepted (see {out / 'interventions.parquet'}, reject_reason); "
               "a stronger model, larger check.r or more problems give some")
     print(f"what happened, stage by stage: intgen inspect {out}")
+    print(f"every candidate with its failed trace, blamed step and continuations, as one HTML page: intgen view {out}")
 
 
 def _resume_command(args: argparse.Namespace, out: Path) -> str:
