@@ -110,7 +110,9 @@ class BackendSpec(_Model):
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     served_model_name: str | None = None
-    continuation: Literal["server", "completions", "none"] = "server"
+    continuation: Literal["auto", "server", "completions", "none"] = "server"
+    #: how /v1/completions prompts go out: token ids, the rendered text, or what the server's probe allows
+    prompt_format: Literal["auto", "token_ids", "text"] = "auto"
     tokenizer: str | None = None
     concurrency: int = Field(default=64, ge=1)
     timeout_s: float = Field(default=1800.0, gt=0)

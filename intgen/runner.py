@@ -62,6 +62,26 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
     if proposer_backend is None and (spec.proposer.backend is not None or spec.proposer.model not in (None, spec.model)):
         proposer_backend = make_backend(spec.proposer_backend, spec.proposer_model)
     proposer = proposer_backend or policy
+    _check_continuation(policy, proposer, prompt)
+    try:  # a server-backed engine probes the server here and may find it cannot continue a turn (auto modes)
+        await policy.prepare()
+        if proposer is not policy:
+            await proposer.prepare()
+        _check_continuation(policy, proposer, prompt)
+    except BaseException:
+        if close:
+            await policy.close()
+            if proposer is not policy:
+                await proposer.close()
+        raise
+    check_out_dir(Path(out_dir))
+    with run_lock(Path(out_dir), "generate"):
+        return await _run_locked(spec, out_dir, prompt, policy, proposer, progress, close, grader)
+
+
+def _check_continuation(policy: Backend, proposer: Backend, prompt: Any) -> None:
+    """Refuse, before any generation request, a policy that cannot continue a turn (the
+    check stage needs it) or a proposer that cannot when the prompt opens its reply."""
     if not policy.can_continue:
         raise BackendError("the check stage continues an unfinished assistant turn, which this policy backend cannot "
                            "do; use a backend that can (vllm, or a server with backend.continuation=completions or "
@@ -70,9 +90,6 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
         raise BackendError(f"the prompt {prompt.name} opens the proposer's reply (response_prefix), which this "
                            "backend cannot continue; use a prompt without response_prefix, or a backend that "
                            "continues turns (vllm, or a server with backend.continuation=completions)")
-    check_out_dir(Path(out_dir))
-    with run_lock(Path(out_dir), "generate"):
-        return await _run_locked(spec, out_dir, prompt, policy, proposer, progress, close, grader)
 
 
 async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: Backend, proposer: Backend,
@@ -121,7 +138,12 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
                                cut_prompt_tokens=spec.propose.cut_prompt_tokens)
         for p in problems:
             rollout.add(p)
-        await ex.run()
+        try:
+            await ex.run()
+        except BackendError as e:  # e.g. a server that refuses requests no retry can fix: say so in the manifest
+            info["stopped_by"] = str(e)
+            manifest("stopped")
+            raise
 
         rollout_rows, cand_rows = rollout.rows(), propose.rows()
         check_rows = check.rows()

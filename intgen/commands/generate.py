@@ -52,6 +52,15 @@ def _resume_command(args: argparse.Namespace, out: Path) -> str:
     return " ".join(parts + [shlex.quote(o) for o in args.overrides])
 
 
+def _stopped(out: Path) -> bool:
+    import json
+
+    try:
+        return json.loads((out / "manifest.json").read_text()).get("status") == "stopped"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -94,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
     except (SpecError, FileNotFoundError, FileExistsError, UnknownModelError, BackendError, ResumeError,
             SourceError, PromptError, NotADirectoryError, StoreError, RunDirError) as e:
         print(f"intgen generate: {e}", file=sys.stderr)
+        if isinstance(e, BackendError) and _stopped(out):
+            print(f"intgen generate: the run stopped (manifest.json: status stopped); every answered sample is kept "
+                  f"in {out}.\nfix the cause, then resume with: {_resume_command(args, out)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         name = str(e) or "SIGINT"

@@ -264,10 +264,14 @@ async def _lift(run_dir: Path, spec: JobSpec, backend: Backend | None, r: int | 
                              "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
 
         try:
-            if not policy.can_continue:
-                raise BackendError("eval lift continues unfinished assistant turns, which this backend cannot do; "
-                                   "use vllm, or a server with backend.continuation=completions")
+            def refuse_if_cannot_continue() -> None:
+                if not policy.can_continue:
+                    raise BackendError("eval lift continues unfinished assistant turns, which this backend cannot do; "
+                                       "use vllm, or a server with backend.continuation=completions or auto")
+
+            refuse_if_cannot_continue()
             await ex.prepare()
+            refuse_if_cannot_continue()  # a server probed at prepare may turn out unable to (continuation auto)
             sent = {q.id for q in ex.send(missing, record, stage="lift", grade=True)}
             for q in missing:
                 if q.id not in sent:
