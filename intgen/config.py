@@ -110,7 +110,9 @@ class BackendSpec(_Model):
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     served_model_name: str | None = None
-    continuation: Literal["server", "completions", "none"] = "server"
+    continuation: Literal["auto", "server", "completions", "none"] = "server"
+    #: how /v1/completions prompts go out: token ids, the rendered text, or what the server's probe allows
+    prompt_format: Literal["auto", "token_ids", "text"] = "auto"
     tokenizer: str | None = None
     concurrency: int = Field(default=64, ge=1)
     timeout_s: float = Field(default=1800.0, gt=0)
@@ -154,6 +156,9 @@ class RolloutSpec(_Model):
 class ProposeSpec(_Model):
     m: int = Field(default=4, ge=1)
     prompt: str = "prompts/int-propose.yaml"
+    #: faithful mode only: the rendered proposer chat is cut to its first this many tokens, as
+    #: the paper's code did (docs/faithful.md, item 5); intgen's default shortens the attempt instead
+    cut_prompt_tokens: int = Field(default=30000, ge=1)
 
 
 class CheckSpec(_Model):
@@ -252,9 +257,11 @@ class JobSpec(_Model):
     def _faithful_preset(self) -> "JobSpec":
         """The faithful preset: the paper's released code where intgen differs.
 
-        Source: docs/paper.md (first parsed candidate per attempt, raw
-        substring leak test, doubled newlines, no early stop). A spec that sets
+        Source: docs/faithful.md, which lists every difference (first parsed candidate per
+        attempt, the only one checked; raw substring leak test; doubled newlines; no early
+        stop; the paper's step split, parser, grading and prompt cut). A spec that sets
         ``faithful: true`` and explicitly asks for a conflicting choice is an error.
+        ``propose.cut_prompt_tokens`` is read in faithful mode only.
         """
         if not self.faithful:
             return self

@@ -146,12 +146,14 @@ class Executor:
         window: requests in flight per engine (None: each backend's ``max_in_flight``, else 256).
         on_status: called (no arguments) when a stage changes status, and at most every
             ``status_every_s`` seconds while counts change (the runner writes the manifest).
+        faithful: grade as the paper's grader did (``faithful=True`` of
+            :meth:`intgen.grading_pool.GradingPool.grade`; docs/faithful.md, item 4).
     """
 
     def __init__(self, stages: Sequence[str], store: SampleStore | None = None, grader: Any = None,
                  progress: bool = False, schedule: str = "stream", slice_size: int | None = None,
                  window: int | None = None, on_status: Callable[[], None] | None = None,
-                 status_every_s: float = 10.0):
+                 status_every_s: float = 10.0, faithful: bool = False):
         if schedule not in ("stream", "barrier"):
             raise ValueError(f"executor schedule {schedule!r}: use stream or barrier")
         self.order = list(stages)
@@ -165,6 +167,8 @@ class Executor:
         self.window = window
         self.on_status = on_status
         self.status_every_s = status_every_s
+        #: keyword arguments of every grading call (faithful mode: the paper's grading rules)
+        self._grading = {"faithful": True} if faithful else {}
         self.rejects: list[Reject] = []
         #: tokens and samples per request kind (``request.meta["stage"]``), for ``stats.json``
         self.ledger: dict[str, dict[str, float]] = {}
@@ -268,7 +272,7 @@ class Executor:
 
     async def grade(self, gold: str, text: str, finish_reason: str | None = None):
         """The verdict of ``text`` against ``gold``, from the grading pool."""
-        return await self.grader.grade(gold, text, finish_reason)
+        return await self.grader.grade(gold, text, finish_reason, **self._grading)
 
     # -- the loop -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -468,7 +472,8 @@ class Executor:
         try:
             verdict = None
             if item.grade and c.finish_reason in ("stop", "length"):
-                verdict = await self.grader.grade(item.request.meta["gold_answer"], c.text, c.finish_reason)
+                verdict = await self.grader.grade(item.request.meta["gold_answer"], c.text, c.finish_reason,
+                                                  **self._grading)
             out = item.handler(item.request, c, verdict)
             if out is not None:
                 await out

@@ -50,9 +50,12 @@ The configs (each with the one split ``train``):
 ``llamafactory``
     Alpaca-format rows for LLaMA-Factory (https://github.com/hiyouga/LLaMA-Factory,
     ``data/README.md``): ``instruction`` = the problem, ``input`` = ``""``, ``output`` = the
-    target, plus ``candidate_id``; ``dataset_info.json`` holds the entry
-    (``formatting: alpaca``, ``columns: {prompt: instruction, query: input, response:
-    output}``). The card explains why the chat template must not end the assistant turn.
+    target, ``system`` = the system prompt the policy's chats had (the spec's
+    ``system_prompt``; null without one, so LLaMA-Factory's template uses its default), plus
+    ``candidate_id``; ``dataset_info.json`` holds the entry (``formatting: alpaca``,
+    ``columns: {prompt: instruction, query: input, response: output, system: system}``).
+    LLaMA-Factory 0.9.5's own loader reads it so (tests/test_consumers.py). The card
+    explains why the chat template must not end the assistant turn.
 ``processbench``
     ProcessBench-style rows (Zheng et al. 2024, arXiv 2412.06559): ``id``, ``generator``,
     ``problem``, ``steps`` (the failed trace's ``\\n\\n`` steps, as numbered for the
@@ -60,6 +63,12 @@ The configs (each with the one split ``train``):
     ``location - 1`` of the rollout's selected candidate (0-based). These are *proposer*
     labels, where the proposer put its replacement step, at or before the true first
     error, not human labels; ``label_source`` says ``"proposer"``.
+``proposer_prompts``
+    ``proposer_prompts.parquet`` as the run wrote it (schema
+    :data:`intgen.tables.PROPOSER_PROMPTS`): the exact chat each failed rollout's proposer
+    samples were sent, once per rollout (``rollout_id``; the ``interventions`` rows point
+    to it by ``proposer_prompt_id``). A run made before this table existed has none, and
+    the config is left out.
 
 A view with no rows (a run that accepted nothing has empty ``sft``, ``llamafactory`` and
 ``processbench``) gets no files and no entry in ``configs:``: ``datasets`` cannot load a
@@ -101,7 +110,7 @@ __all__ = [
 EXPORT_DIRNAME = "export"
 SPLIT = "train"
 #: the configs, in the order the card lists them
-CONFIGS = ("interventions", "sft", "rl", "llamafactory", "processbench")
+CONFIGS = ("interventions", "sft", "rl", "llamafactory", "processbench", "proposer_prompts")
 #: a config is cut into Parquet shards of at most about this many bytes (Arrow's in-memory size)
 DEFAULT_MAX_SHARD_BYTES = 256 * 2**20
 CARD_TEMPLATE = resources.folder("data_cards") / "intgen_dataset.md.j2"
@@ -126,7 +135,7 @@ RL_VIEW = pa.schema([
     ("data_source", S), ("prompt", MESSAGES), ("ability", S), ("reward_model", RL_REWARD_MODEL),
     ("extra_info", RL_EXTRA_INFO), ("answer", S), ("solution", S),
 ])
-LLAMAFACTORY_VIEW = pa.schema([("instruction", S), ("input", S), ("output", S), ("candidate_id", S)])
+LLAMAFACTORY_VIEW = pa.schema([("instruction", S), ("input", S), ("output", S), ("system", S), ("candidate_id", S)])
 PROCESSBENCH_VIEW = pa.schema([
     ("id", S), ("generator", S), ("problem", S), ("steps", pa.list_(S)), ("final_answer_correct", B),
     ("label", I), ("label_source", S), ("problem_id", S), ("candidate_id", S),
@@ -303,8 +312,12 @@ def build_views(run_dir: str | Path) -> dict[str, pa.Table]:
         "solution": _boxed(p["gold_answer"]),
     } for i, p in enumerate(problems)]
 
+    # the system prompt travels in its own column: LLaMA-Factory's alpaca converter reads
+    # only instruction/input/output, so without it the template's default system prompt
+    # would replace the one the rollouts and checks ran under
     llamafactory_rows = [{
         "instruction": r["prompt"][-1]["content"], "input": "", "output": r["completion"][-1]["content"],
+        "system": next((m["content"] for m in r["prompt"] if m["role"] == "system"), None),
         "candidate_id": r["candidate_id"],
     } for r in sft]
 
@@ -318,12 +331,16 @@ def build_views(run_dir: str | Path) -> dict[str, pa.Table]:
             "problem_id": r["problem_id"], "candidate_id": r["candidate_id"],
         })
 
+    prompts_path = run_dir / "proposer_prompts.parquet"
+    prompts = (_read_table(run_dir, "proposer_prompts") if prompts_path.exists()
+               else tables.table([], tables.PROPOSER_PROMPTS))
     return {
         "interventions": inter_table,
         "sft": tables.table(sft_rows, SFT_VIEW),
         "rl": tables.table(rl_rows, RL_VIEW),
         "llamafactory": tables.table(llamafactory_rows, LLAMAFACTORY_VIEW),
         "processbench": tables.table(processbench_rows, PROCESSBENCH_VIEW),
+        "proposer_prompts": prompts,
     }
 
 
@@ -534,8 +551,8 @@ def llamafactory_dataset_info(run_name: str, repo_id: str | None = None) -> dict
     (``dataset_dir`` = the export folder, ``file_name`` = the config's folder of Parquet
     shards) and, when the repo is known, the Hub one (``hf_hub_url`` + ``subset``).
     Format: LLaMA-Factory ``data/README.md`` (alpaca: ``columns`` maps ``prompt``,
-    ``query``, ``response`` to the dataset's columns)."""
-    columns = {"prompt": "instruction", "query": "input", "response": "output"}
+    ``query``, ``response``, ``system`` to the dataset's columns)."""
+    columns = {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}
     name = f"intgen_{_slug(run_name)}"
     info: dict[str, Any] = {name: {"file_name": "llamafactory", "formatting": "alpaca", "columns": columns}}
     if repo_id:

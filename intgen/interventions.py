@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import textwrap
 import warnings
 from dataclasses import dataclass
 
@@ -25,6 +26,10 @@ NO_LOCATION = "missing_location"
 OUT_OF_RANGE = "location_out_of_range"
 EMPTY = "empty_intervention"
 LEAK = "answer_leak"
+#: faithful mode only: the paper's parsing loop raised on this sample (a location with no
+#: number, no content, a block that is not a mapping), which also dropped the later samples
+#: of the same attempt (docs/faithful.md, item 2)
+PAPER_ERROR = "paper_loop_error"
 
 _OPEN = re.compile(r"<intervention>", re.IGNORECASE)
 _CLOSE = re.compile(r"</intervention>", re.IGNORECASE)
@@ -272,3 +277,91 @@ def leaks_as_token(content: str, gold: str) -> bool:
     # a token boundary: no letter/digit (or decimal part) glued on either side
     pattern = r"(?<![A-Za-z0-9])(?<!\d\.)" + pattern + r"(?![A-Za-z0-9])(?!\.\d)"
     return re.search(pattern, _normalize(content)) is not None
+
+
+# -- the paper's parser (faithful mode; docs/faithful.md, item 2) ------------------------------
+_PAPER_BLOCK = re.compile(r"<intervention>(.*?)</intervention>", re.DOTALL)
+# "location": "Substep 5" (a word, then digits; optional quotes) -> "location": 5
+_PAPER_LOCATION_WORD = re.compile(r"""(["']location["']\s*:\s*)["']?[A-Za-z_]+\s*(\d+)["']?""")
+# a backslash and the character after it (not a newline)
+_PAPER_ESCAPE = re.compile(r"\\(.)")
+# "content": "..." with its escapes -> "content": """..."""
+_PAPER_CONTENT = re.compile(r'("content":\s*)"((?:[^"\\]|\\.)*)"')
+
+
+def _paper_escapes(text: str) -> str:
+    """Double each backslash whose next character is not ``n``, a backslash or a quote."""
+    return _PAPER_ESCAPE.sub(lambda m: m.group(0) if m.group(1) in "n\\'\"" else "\\\\" + m.group(1), text)
+
+
+def _paper_literal(text: str) -> object:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # invalid escapes in model text warn
+        return ast.literal_eval(textwrap.dedent(text))
+
+
+def parse_intervention_paper(output: str) -> ParsedIntervention:
+    """Parse one proposer output the way the paper's ``parse_interventions.ipynb`` did
+    (faithful mode; docs/faithful.md, item 2; docs/paper.md, "Parsing and filtering").
+
+    The last ``<intervention>(.*?)</intervention>`` match (case-sensitive, DOTALL); a
+    location written as a word and a number (``"Substep 5"``) becomes the number; each
+    backslash not followed by ``n``, ``\\``, ``'`` or ``"`` is doubled; then
+    ``ast.literal_eval`` of the dedented text, and if that fails, once more with the
+    ``"content"`` string put in triple quotes. An output neither reading accepts is
+    ``unparseable`` (dropped, where intgen's own parser reads it loosely).
+
+    Then, as the paper's code did: the location is ``int(location)``, or failing that the
+    first run of digits in ``str(location)`` (``"5 (the product)"`` -> 5); an empty content
+    is kept; no range check is made (:func:`intgen.steps.build_target` with
+    ``any_location`` keeps the whole attempt for a location past the last step). Where the
+    paper's loop raised (no digits in the location, no ``content`` or ``location`` key, a
+    content that is not text, a block that is not a mapping), the status is
+    ``paper_loop_error``: the paper dropped that sample and every later sample of the same
+    attempt. Locations beyond +-10^9 are clamped to it (same slice of any real trace).
+
+    Never raises.
+    """
+    try:
+        return _parse_paper(output)
+    except Exception as e:  # noqa: BLE001 - no model output makes the parser raise
+        return ParsedIntervention(UNPARSEABLE, detail=f"the parser failed on this output ({type(e).__name__}: {e})"[:300])
+
+
+def _parse_paper(output: str) -> ParsedIntervention:
+    blocks = _PAPER_BLOCK.findall(output)
+    if not blocks:
+        if "<intervention>" in output:
+            return ParsedIntervention(UNCLOSED, detail="an <intervention> block is opened but never closed")
+        return ParsedIntervention(NO_TAG, detail="no <intervention>...</intervention> block in the output")
+    block = _PAPER_LOCATION_WORD.sub(lambda m: m.group(1) + m.group(2), blocks[-1])
+    try:
+        value = _paper_literal(_paper_escapes(block))
+    except Exception:  # noqa: BLE001 - the paper retried on any exception
+        try:
+            value = _paper_literal(_paper_escapes(_PAPER_CONTENT.sub(lambda m: m.group(1) + '"""' + m.group(2) + '"""',
+                                                                     block)))
+        except Exception as e:  # noqa: BLE001
+            return ParsedIntervention(UNPARSEABLE, detail=f"ast.literal_eval cannot read the block ({type(e).__name__}); "
+                                                          "the paper dropped such outputs")
+    halt = "the paper's parsing loop raised here, dropping this sample and the later samples of this attempt"
+    try:
+        raw_location = value["location"]  # type: ignore[index]
+    except Exception as e:  # noqa: BLE001
+        return ParsedIntervention(PAPER_ERROR, detail=f"no location ({type(e).__name__}); {halt}")
+    try:
+        location = int(raw_location)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001
+        digits = re.search(r"(\d+)", str(raw_location))
+        if digits is None:
+            return ParsedIntervention(PAPER_ERROR, detail=f"location {str(raw_location)[:60]!r} has no number; {halt}")
+        location = int(digits.group(1))
+    location = max(-MAX_LOCATION, min(MAX_LOCATION, location))
+    try:
+        content = value["content"]  # type: ignore[index]
+    except Exception as e:  # noqa: BLE001
+        return ParsedIntervention(PAPER_ERROR, location=location, detail=f"no content ({type(e).__name__}); {halt}")
+    if not isinstance(content, str):
+        return ParsedIntervention(PAPER_ERROR, location=location,
+                                  detail=f"content is a {type(content).__name__}, not text; {halt}")
+    return ParsedIntervention(OK, content=content, location=location)

@@ -10,7 +10,8 @@ is measured from a finished run (:func:`measured_funnel`).
 
 Expected values, stage by stage (docs/plan.md has the formulas): rollouts = problems x k
 (exact); failed = rollouts x p_failed; solve turns = failed (a prompt with a solve turn);
-proposer samples = failed x m; checked = proposer samples x p_parse; continuations =
+proposer samples = failed x m; checked = proposer samples x p_parse (faithful mode, which
+checks the first parsed candidate of a rollout only: failed x (1 - (1 - p_parse)^m)); continuations =
 checked x the mean samples drawn (the check stage's own stopping rule replayed on 20,000
 simulated candidates, :func:`intgen.stages.check.replay_stopping`); accepted = checked x
 the share accepted; baselines = accepted (or checked, for ``baseline.for: all``) x
@@ -112,9 +113,11 @@ def measured_funnel(run_dir: str | Path) -> Funnel:
         return statistics.mean(values) / math.exp(sigma ** 2 / 2) if values else 1.0
 
     located = [r["location"] / max(1, r["num_steps"]) for r in inter]
+    # a faithful run checks only the first parsed candidate of a rollout: parsed ones are not all checked
+    faithful = any(r["faithful"] for r in inter)
     return Funnel(
         p_failed=sum(r["failed"] for r in rollouts) / max(1, len(rollouts)),
-        p_parse=len(by_cand) / max(1, len(cands)) if checks else
+        p_parse=len(by_cand) / max(1, len(cands)) if checks and not faithful else
         sum(c["parse_status"] == "ok" for c in cands) / max(1, len(cands)),
         p_good=len(good) / max(1, len(by_cand)),
         good_rate=statistics.mean(sum(v) / len(v) for v in good) if good else 0.0,
@@ -232,7 +235,8 @@ def make_plan(spec: JobSpec, problems: list[Problem], prompt: ProposerPrompt, po
     rollouts = P * k
     failed = rollouts * funnel.p_failed
     proposals = failed * m
-    checked = proposals * funnel.p_parse
+    # faithful mode checks only the first parsed candidate of a rollout (docs/faithful.md, item 3)
+    checked = failed * (1 - (1 - funnel.p_parse) ** m) if spec.faithful else proposals * funnel.p_parse
     draws, share = check_draws(spec, funnel)
     accepted = checked * share
     base_for = {"accepted": accepted, "all": checked, "none": 0.0}[spec.baseline.for_]

@@ -62,6 +62,26 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
     if proposer_backend is None and (spec.proposer.backend is not None or spec.proposer.model not in (None, spec.model)):
         proposer_backend = make_backend(spec.proposer_backend, spec.proposer_model)
     proposer = proposer_backend or policy
+    _check_continuation(policy, proposer, prompt)
+    try:  # a server-backed engine probes the server here and may find it cannot continue a turn (auto modes)
+        await policy.prepare()
+        if proposer is not policy:
+            await proposer.prepare()
+        _check_continuation(policy, proposer, prompt)
+    except BaseException:
+        if close:
+            await policy.close()
+            if proposer is not policy:
+                await proposer.close()
+        raise
+    check_out_dir(Path(out_dir))
+    with run_lock(Path(out_dir), "generate"):
+        return await _run_locked(spec, out_dir, prompt, policy, proposer, progress, close, grader)
+
+
+def _check_continuation(policy: Backend, proposer: Backend, prompt: Any) -> None:
+    """Refuse, before any generation request, a policy that cannot continue a turn (the
+    check stage needs it) or a proposer that cannot when the prompt opens its reply."""
     if not policy.can_continue:
         raise BackendError("the check stage continues an unfinished assistant turn, which this policy backend cannot "
                            "do; use a backend that can (vllm, or a server with backend.continuation=completions or "
@@ -70,9 +90,6 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
         raise BackendError(f"the prompt {prompt.name} opens the proposer's reply (response_prefix), which this "
                            "backend cannot continue; use a prompt without response_prefix, or a backend that "
                            "continues turns (vllm, or a server with backend.continuation=completions)")
-    check_out_dir(Path(out_dir))
-    with run_lock(Path(out_dir), "generate"):
-        return await _run_locked(spec, out_dir, prompt, policy, proposer, progress, close, grader)
 
 
 async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: Backend, proposer: Backend,
@@ -91,7 +108,7 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
                        backends={"policy": policy.describe(), "proposer": proposer.describe()}, **info)
 
     ex = Executor(GENERATE_STAGES, store, grader, progress=progress, schedule=x.schedule, slice_size=x.slice,
-                  window=x.window, on_status=manifest)
+                  window=x.window, on_status=manifest, faithful=spec.faithful)
     try:
         ex.add_engine("policy", policy, spec.model)
         ex.add_engine("proposer", proposer, spec.proposer_model)
@@ -108,25 +125,35 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
         s = spec.sampling
         sampling = Sampling(s.temperature, s.top_p, s.top_k, s.max_tokens)
         common = dict(sampling=sampling, system_prompt=spec.system_prompt, run_seed=spec.seed)
-        rollout = RolloutStage(ex, spec.rollout.k, order=order, on_failed=lambda r: propose.add(r), **common)
+        rollout = RolloutStage(ex, spec.rollout.k, order=order, on_failed=lambda r: propose.add(r),
+                               faithful=spec.faithful, **common)
         rollouts = rollout.records  # the check and baseline stages read the failed traces
         baseline = BaselineStage(ex, spec.baseline.for_, spec.check.r, problems=by_id, rollouts=rollouts,
-                                 order=order, **common)
+                                 order=order, faithful=spec.faithful, **common)
         check = CheckStage(ex, spec.check.r, spec.check.wave, spec.check.early_stop, spec.check.give_up_after,
                            spec.accept.min_correct, faithful=spec.faithful, problems=by_id, rollouts=rollouts,
                            order=order, on_decided=baseline.add, **common)
         propose = ProposeStage(ex, prompt, spec.propose.m, sampling, spec.seed, spec.faithful, by_id, order,
-                               on_parsed=check.add)
+                               on_parsed=check.add, on_unusable=check.settle,
+                               cut_prompt_tokens=spec.propose.cut_prompt_tokens)
         for p in problems:
             rollout.add(p)
-        await ex.run()
+        try:
+            await ex.run()
+        except BackendError as e:  # e.g. a server that refuses requests no retry can fix: say so in the manifest
+            info["stopped_by"] = str(e)
+            manifest("stopped")
+            raise
 
         rollout_rows, cand_rows = rollout.rows(), propose.rows()
         check_rows = check.rows()
         tables.write_parquet(rollout_rows, tables.ROLLOUTS, out / "rollouts.parquet")
         tables.write_parquet(cand_rows, tables.CANDIDATES, out / "candidates.parquet")
+        tables.write_parquet(propose.prompt_rows(), tables.PROPOSER_PROMPTS, out / "proposer_prompts.parquet")
         tables.write_parquet(check_rows + baseline.rows(), tables.CONTINUATIONS, out / "continuations.parquet")
-        rows = interventions(spec, prompt, by_id, rollouts, cand_rows, check.results, baseline.verdicts(), check_rows)
+        not_checked = check.not_checked()
+        rows = interventions(spec, prompt, by_id, rollouts, cand_rows, check.results, baseline.verdicts(), check_rows,
+                             not_checked)
         tables.write_parquet(rows, tables.INTERVENTIONS, out / "interventions.parquet")
         sft = sft_rows(rows, spec.system_prompt)
         tables.write_parquet(sft, tables.SFT, out / "sft.parquet")
@@ -143,6 +170,9 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
                  "rollout_verdicts": dict(sorted(Counter(r.verdict for r in rollout_rows).items())),
                  "parse_status": dict(sorted(Counter(c.parse_status for c in cand_rows).items())),
                  "check_stopped": dict(sorted(Counter(r.check_stopped for r in rows if r.check_stopped).items())),
+                 # faithful mode checks only the first parsed candidate per rollout (docs/faithful.md, item 3):
+                 # the check continuations it did not send, r per parsed candidate left unchecked
+                 "check_requests_not_sent": check.requests_not_sent,
                  "grading": {"cache_hits": grader.hits, "cache_misses": grader.misses},
                  "reused_samples": sum(st.from_store for st in ex.stages.values()),
                  "ledger": ledger(out, ex.stages, engines=len({id(policy), id(proposer)}), span=ex.engine_span),

@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 STEP_SEPARATOR = "\n\n"
 
 
-def split_steps(trace: str) -> list[str]:
+def split_steps(trace: str, keep_empty: bool = False) -> list[str]:
     """Split a trace into steps on ``"\\n\\n"`` (paper section 3; docs/paper.md).
 
     Chunks are kept verbatim, except that empty or whitespace-only chunks (from runs of
@@ -20,10 +20,17 @@ def split_steps(trace: str) -> list[str]:
     content, and numbering them would show the proposer empty substeps. So
     ``"a\\n\\n\\n\\nb"`` gives ``["a", "b"]`` and ``"a\\n\\n\\nb"`` gives ``["a", "\\nb"]``.
 
+    ``keep_empty=True`` is the paper's split (faithful mode, docs/faithful.md item 1): every
+    chunk of ``trace.split("\\n\\n")`` is a step, empty ones included, so
+    ``"\\n\\nA\\n\\n\\n\\nB\\n\\nC"`` gives ``["", "A", "", "B", "C"]`` (step 3 is the empty
+    chunk between A and B), and an empty trace gives ``[""]``.
+
     Returns:
         The steps, in order; step ``i`` (1-based, as the proposer sees it) is ``steps[i-1]``.
-        An empty or whitespace-only trace gives ``[]``.
+        An empty or whitespace-only trace gives ``[]`` (``[""]`` with ``keep_empty``).
     """
+    if keep_empty:
+        return trace.split(STEP_SEPARATOR)
     return [chunk for chunk in trace.split(STEP_SEPARATOR) if chunk.strip()]
 
 
@@ -89,7 +96,8 @@ def numbered_attempt(steps: list[str], fits: Callable[[str], bool] | None = None
     return None
 
 
-def build_target(steps: list[str], location: int, intervention: str, double_newlines: bool = False) -> str:
+def build_target(steps: list[str], location: int, intervention: str, double_newlines: bool = False,
+                 any_location: bool = False) -> str:
     """The partial trace that continuations start from and SFT trains on.
 
     The intervention replaces step ``location`` and everything after it (docs/pipeline.md;
@@ -98,10 +106,15 @@ def build_target(steps: list[str], location: int, intervention: str, double_newl
     ``double_newlines=True`` reproduces the paper's code, which replaced every ``\\n``
     in the intervention by ``\\n\\n`` (docs/paper.md, the faithful preset).
 
+    ``any_location=True`` (faithful mode, docs/faithful.md item 2) takes any integer, as the
+    paper's code did with Python slicing: a location past the last step keeps the whole
+    attempt before the intervention, and a location below 1 keeps ``steps[:location - 1]``
+    as Python slices it (location 0: every step but the last).
+
     Raises:
-        ValueError: ``location`` is not in ``1..len(steps)``.
+        ValueError: ``location`` is not in ``1..len(steps)`` (without ``any_location``).
     """
-    if not 1 <= location <= len(steps):
+    if not any_location and not 1 <= location <= len(steps):
         raise ValueError(f"location {location} is outside 1..{len(steps)}")
     text = intervention.replace("\n", "\n\n") if double_newlines else intervention
     if location == 1:
@@ -109,14 +122,17 @@ def build_target(steps: list[str], location: int, intervention: str, double_newl
     return STEP_SEPARATOR.join(steps[: location - 1]) + STEP_SEPARATOR + text
 
 
-def baseline_target(steps: list[str], location: int) -> str:
+def baseline_target(steps: list[str], location: int, any_location: bool = False) -> str:
     """The baseline's partial trace: steps ``1..location`` (the prefix plus the original
     erroneous step), so its success rate is comparable with the intervention's (paper
-    Table 1, row "x + prefix + original erroneous step").
+    Table 1, row "x + prefix + original erroneous step"). ``any_location=True`` (faithful
+    mode) takes a location past the last step too: the whole attempt.
 
     Raises:
-        ValueError: ``location`` is not in ``1..len(steps)``.
+        ValueError: ``location`` is not in ``1..len(steps)`` (with ``any_location``: below 1).
     """
+    if any_location and location >= 1:
+        return STEP_SEPARATOR.join(steps[:location])
     if not 1 <= location <= len(steps):
         raise ValueError(f"location {location} is outside 1..{len(steps)}")
     return STEP_SEPARATOR.join(steps[:location])

@@ -114,6 +114,32 @@ class Candidate:
     attempt_shortened: bool
     prompt_tokens: int
     completion_tokens: int
+    #: the row of ``proposer_prompts.parquet`` holding the chat this sample answered (its rollout id)
+    proposer_prompt_id: Optional[str] = None
+
+
+@_record
+class ProposerPromptRow:
+    """``proposer_prompts.parquet``: the proposer chat of one failed rollout, exactly as its
+    m samples were sent (after the prompt file was rendered, the attempt shortened or, in
+    faithful mode, the chat cut), once per rollout; candidate rows point here by
+    ``proposer_prompt_id`` (= ``rollout_id``)."""
+
+    rollout_id: str
+    problem_id: str
+    rollout_index: int
+    messages: Messages
+    #: the last message is left open (the prompt's response_prefix, or a faithful cut)
+    continue_final: bool
+    #: sha256 of the canonical JSON of [messages, continue_final]
+    sha256: str
+    #: the substeps omitted from a shortened attempt (first, last), null when all are shown
+    omitted_first: Optional[int]
+    omitted_last: Optional[int]
+    #: faithful mode: the token limit the rendered chat was cut at, null when it was not cut
+    cut_at_tokens: Optional[int]
+    prompt_name: str
+    prompt_sha256: str
 
 
 @_record
@@ -174,7 +200,8 @@ class Intervention:
     candidate_index: int
     candidate_seed: int
     location: int
-    original_step: str
+    #: null when the location names no step (faithful mode keeps out-of-range locations)
+    original_step: Optional[str]
     intervention: str
     target: str
     solve_output: Optional[str]
@@ -196,6 +223,8 @@ class Intervention:
     # how the check stage stopped drawing continuations: null (all r drawn), "early_stop"
     # (check.early_stop: enough successes) or "gave_up" (check.give_up_after failures in a row)
     check_stopped: Optional[str] = None
+    #: the row of ``proposer_prompts.parquet`` with the proposer chat (the rollout id)
+    proposer_prompt_id: Optional[str] = None
 
 
 @_record
@@ -226,6 +255,7 @@ class Reject:
 PROBLEMS = schema_of(ProblemRow)
 ROLLOUTS = schema_of(Rollout)
 CANDIDATES = schema_of(Candidate)
+PROPOSER_PROMPTS = schema_of(ProposerPromptRow)
 CONTINUATIONS = schema_of(Continuation)
 INTERVENTIONS = schema_of(Intervention)
 SFT = schema_of(SFTRow)

@@ -48,3 +48,8 @@ def vllm_engine():
     finally:
         host.run(backend.close())
         host.stop()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "consumers: loads an exported view with a trainer's own code in its own "
+                                       "virtual environment (tests/consumers/setup_consumers.sh builds them)")

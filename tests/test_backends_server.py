@@ -178,9 +178,9 @@ def test_backends_agree_on_seeds_and_continuations(kind, server, transformers_ba
 
 
 def test_the_demo_runs_against_the_server(server, tmp_path, grader):
-    """pipelines/demo-server.yaml: the policy continues through the server's extension
-    (checked against the local rendering via /tokenize), the proposer through
-    /v1/completions with token ids."""
+    """pipelines/demo-server.yaml: the probe finds everything; the policy (continuation
+    auto) continues through the server's extension (checked against the local rendering
+    via /tokenize), the proposer through /v1/completions with token ids."""
     spec = load_spec(ROOT / "pipelines" / "demo-server.yaml", [
         f"backend.base_url={server}", f"proposer.backend.base_url={server}", "limit=2", "rollout.k=2",
         "propose.m=2", "check.r=2", "sampling.max_tokens=96", "baseline.for=all"])
@@ -196,6 +196,14 @@ def test_the_demo_runs_against_the_server(server, tmp_path, grader):
     manifest = json.loads((out / "manifest.json").read_text())
     policy, proposer = manifest["backends"]["policy"], manifest["backends"]["proposer"]
     assert policy["continuation"] == "server" and proposer["continuation"] == "completions"
+    # the probe (docs/servers.md): vLLM takes everything; auto picks server mode, the proposer sends token ids
+    probe = policy["server_probe"]
+    print("vLLM server probe:", json.dumps(probe["features"], indent=1))
+    assert {k: v["ok"] for k, v in probe["features"].items()} == {
+        "chat": True, "completions_token_ids": True, "completions_text": True, "continue_final_message": True,
+        "n": True, "seeds": True, "tokenize": True}
+    assert probe["tokenize"] == "vllm" and probe["chat_tokenize"] is True
+    assert policy["modes"]["continuation_setting"] == "auto" and proposer["modes"]["prompt_format"] == "token_ids"
     if result.funnel["checked"]:
         assert policy["prefix_fidelity"] == "server /tokenize ids equal to the local rendering"
     assert policy["max_model_len"] == 2048

@@ -138,11 +138,12 @@ EXPECTED = {
            ("reward_model", pa.struct([("style", S), ("ground_truth", S)])),
            ("extra_info", pa.struct([("split", S), ("index", I), ("problem_id", S), ("source", S)])),
            ("answer", S), ("solution", S)],
-    "llamafactory": [("instruction", S), ("input", S), ("output", S), ("candidate_id", S)],
+    "llamafactory": [("instruction", S), ("input", S), ("output", S), ("system", S), ("candidate_id", S)],
     "processbench": [("id", S), ("generator", S), ("problem", S), ("steps", pa.list_(S)),
                      ("final_answer_correct", B), ("label", I), ("label_source", S), ("problem_id", S),
                      ("candidate_id", S)],
     "interventions": [(f.name, f.type) for f in tables.INTERVENTIONS],
+    "proposer_prompts": [(f.name, f.type) for f in tables.PROPOSER_PROMPTS],
 }
 
 
@@ -282,14 +283,27 @@ def test_llamafactory_rows_and_dataset_info(run):
     assert len(lf) == len(sft) == 2
     for r in lf:
         s = sft[r["candidate_id"]]
-        assert (r["instruction"], r["input"], r["output"]) == (s["prompt"][0]["content"], "",
-                                                              s["completion"][0]["content"])
+        assert (r["instruction"], r["input"], r["output"], r["system"]) == (s["prompt"][0]["content"], "",
+                                                                           s["completion"][0]["content"], None)
     info = json.loads((run / "export" / "dataset_info.json").read_text())
     entry = info["intgen_exp"]
     assert entry == {"file_name": "llamafactory", "formatting": "alpaca",
-                     "columns": {"prompt": "instruction", "query": "input", "response": "output"}}
+                     "columns": {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}}
     # LLaMA-Factory loads every file of a folder and needs them of one type
     assert {p.suffix for p in (run / "export" / entry["file_name"]).iterdir()} == {".parquet"}
+
+
+def test_llamafactory_rows_carry_the_policys_system_prompt(tmp_path, problems_file, grader):
+    """LLaMA-Factory's alpaca converter reads the system prompt only from a mapped column:
+    without it, its template's default system prompt replaces the one the checks ran under."""
+    out = make_run(tmp_path / "run", problems_file, grader, "system_prompt=Reason step by step.")
+    export_run(out)
+    sft = {r["candidate_id"]: r for r in view(out, "sft").to_pylist()}
+    lf = view(out, "llamafactory").to_pylist()
+    assert len(lf) == len(sft) == 2
+    for r in lf:
+        assert sft[r["candidate_id"]]["prompt"][0] == {"role": "system", "content": "Reason step by step."}
+        assert r["system"] == "Reason step by step." and r["instruction"] == sft[r["candidate_id"]]["prompt"][1]["content"]
 
 
 def test_processbench_labels_are_the_selected_candidates_location_minus_one(run):

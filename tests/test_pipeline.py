@@ -76,7 +76,7 @@ def script(request):
         return PROPOSALS[request.id]
     group = m["candidate_id"] if m["stage"] == "check" else f"{m['rollout_id']}/location-{m['location']}"
     table = CHECK_CORRECT if m["stage"] == "check" else BASELINE_CORRECT
-    return "\n\nContinuing.\n\n" + (CORRECT[m["problem_id"]] if m["sample_index"] in table[group] else WRONG)
+    return "\n\nContinuing.\n\n" + (CORRECT[m["problem_id"]] if m["sample_index"] in table.get(group, ()) else WRONG)
 
 
 @pytest.fixture
@@ -262,8 +262,11 @@ def test_faithful_preset(tmp_path, problems_file, run):
     assert inter[f"{P2}/rollout-1/candidate-2"]["target"] == "Split into two equal parts.\n\nEach one is a half of the whole."
     # substring leak test: "Two equal parts means $\frac{1}{n}$ with $n = 2$." contains neither "\frac{1}{2}" ...
     assert inter[f"{P2}/rollout-0/candidate-0"]["reject_reason"] == "too_few_correct"
-    # ... and select keeps the first parsed candidate per rollout
-    assert {r["candidate_id"] for r in read(out, "sft")} == {f"{P1}/rollout-1/candidate-0", f"{P2}/rollout-1/candidate-2"}
+    # ... only the first parsed candidate per rollout is checked (the paper kept location 0 of
+    # p2/rollout-1/candidate-0: its first parsed candidate, which fails its checks), and select keeps it
+    assert inter[f"{P2}/rollout-1/candidate-0"]["reject_reason"] == "too_few_correct"
+    assert inter[f"{P2}/rollout-1/candidate-2"]["reject_reason"] == "not_first"
+    assert {r["candidate_id"] for r in read(out, "sft")} == {f"{P1}/rollout-1/candidate-0"}
     import yaml
     job = yaml.safe_load((out / "job.yaml").read_text())
     assert job["faithful"] is True and job["select"]["per_rollout"] == "first"

@@ -32,7 +32,10 @@ def test_the_wheel_holds_the_bundled_files(wheel):
     for path in ("intgen/resources/prompts/int-propose.yaml", "intgen/resources/prompts/int-propose-compact.yaml",
                  "intgen/resources/pipelines/demo.yaml", "intgen/resources/pipelines/int-paper.yaml",
                  "intgen/resources/data_cards/intgen_dataset.md.j2", "intgen/resources/data/demo/gsm8k_test_50.jsonl",
-                 "intgen/resources/data/demo/math500_50.jsonl", "intgen/resources/data/demo/README.md",
+                 "intgen/resources/data/demo/math500_50.jsonl", "intgen/resources/data/demo/word_problems_24.jsonl",
+                 "intgen/resources/data/demo/README.md",
+                 "intgen/templates/view.html.j2", "intgen/templates/view.css", "intgen/templates/view.js",
+                 "intgen/templates/vendor/temml/temml.min.js", "intgen/templates/vendor/temml/LICENSE",
                  "intgen/cli.py", "intgen/stages/check.py", "intgen/executor.py"):
         assert path in names, path
 
@@ -65,4 +68,7 @@ def test_an_installed_wheel_runs_the_bundled_demo_from_an_empty_folder(wheel, tm
     exported = intgen("export", "runs/demo")
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert (work / "runs" / "demo" / "export" / "README.md").exists()
+    viewed = intgen("view", "runs/demo")
+    assert viewed.returncode == 0, viewed.stderr[-2000:]
+    assert "intgen-data" in (work / "runs" / "demo" / "view.html").read_text(encoding="utf-8")
     assert sorted(p.name for p in work.iterdir()) == ["runs"]

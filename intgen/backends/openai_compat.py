@@ -1,12 +1,29 @@
 """The OpenAI-compatible backend: any server that speaks the OpenAI API (vLLM serve,
-SGLang, llama.cpp's server, hosted APIs) (docs/job-spec.md, "backend").
+SGLang, llama.cpp's servers, TGI, hosted APIs) (docs/job-spec.md, "backend";
+docs/servers.md).
 
-- **Client and retries.** The ``openai`` package's ``AsyncOpenAI`` client, configured with
-  ``backend.timeout_s`` and ``backend.max_retries``: it retries 408, 409, 429 and 5xx
-  answers, timeouts and dropped connections with exponential backoff (0.5 s doubling to
-  8 s, with jitter; a ``Retry-After`` up to 60 s is honoured) and never retries any other
-  4xx. intgen adds no retry loop of its own for those.
-- **Outages.** A request that still fails after those retries with a 5xx, 408/409/429, a
+- **Probe and modes.** At start the backend lists ``/v1/models`` and probes the server
+  (:mod:`intgen.backends.server_probe`: chat, completions with token ids or text,
+  continue-final-message, ``n``, seeds, a tokenizer endpoint), then picks its modes from
+  the answers and the spec (``backend.continuation``, ``backend.prompt_format``): what it
+  chose and why go to the manifest (``modes``, ``server_probe``). A mode the spec asks for
+  that the probe shows the server refuses stops the run before any generation request,
+  naming the setting to change.
+- **Retries** (tenacity; the ``openai`` client itself does not retry): a request is sent
+  again, up to ``backend.max_retries`` times with exponential backoff (0.5 s doubling to
+  8 s, with jitter; a ``Retry-After`` up to 60 s is honoured), only after a timeout, a
+  dropped connection, a 408, a 429, or a 5xx whose body does not say *validation*.
+  Nothing else is retried (:func:`classify`):
+
+  - a request that is too big for the model (the body speaks of the context, a prompt
+    too long, too many tokens) or refused for its content: that request becomes a
+    completion with ``finish_reason="error"`` and ``permanent=True``, recorded as a reject
+    (``request_rejected``), and the run goes on;
+  - 401/403 (the key), 404 (the model or endpoint), and every other 4xx or 5xx that says
+    validation (a field the server does not take, a prompt of token ids where it wants a
+    string): the same request would be refused every time, so the first one stops the run
+    with the server's message (:class:`BackendError`; the manifest says ``stopped``).
+- **Outages.** A request that still fails after those retries with a 5xx, 408, 429, a
   timeout or a dropped connection is most likely a server that is down, not a bad request:
   it waits while one shared probe asks ``/v1/models`` with exponential backoff (tenacity;
   0.5 s doubling to 15 s) for up to ``backend.outage_s`` seconds (default 300), and is sent
@@ -14,18 +31,15 @@ SGLang, llama.cpp's server, hosted APIs) (docs/job-spec.md, "backend").
   down: every request left fails at once without being sent, the run ends *incomplete*
   (``manifest.json``), and rerunning the same command sends exactly those requests again.
   ``manifest.json`` counts HTTP requests and answers by status (``http_requests``,
-  ``http_503``, ...; retries are the difference), outages and probes.
+  ``http_503``, ...), retries, outages and probes.
 - **Concurrency.** At most ``backend.concurrency`` requests in flight (a semaphore).
 - **Per-sample seeds.** One :class:`~intgen.backends.base.Request` is one sample: it goes
   out with ``n=1`` and its own ``seed``. Samples of one prompt are never grouped into one
   ``n>1`` request, because servers derive the seeds of the n choices in their own way (or
-  ignore ``n``, like llama.cpp). A server that answers with fewer choices than asked (none
-  for ``n=1``) is asked again for the missing sample, with the same seed, up to
-  ``max_retries`` times (fan-out).
-- **Rejected requests.** A 4xx answer other than 401/403/404/408/409/429 (for example a
-  400 for a prompt longer than the context) is not retried: it becomes a completion with
-  ``finish_reason="error"`` and the server's message, which the runner records as a
-  reject. 401, 403 and 404 stop the run: no request could succeed.
+  ignore ``n``, like llama.cpp's Python server). A server that answers with fewer choices
+  than asked (none for ``n=1``) is asked again for the missing sample, with the same seed,
+  up to ``max_retries`` times (fan-out). A server that refuses seeded requests (the probe)
+  gets none, and the manifest says so (``modes.seeds``).
 - **Context.** ``max_model_len`` is ``backend.max_model_len``, else the ``max_model_len``
   the server lists for the model in ``/v1/models`` (vLLM does). Prompt tokens are counted
   with the local tokenizer when there is one, else with the server's ``/tokenize``, else
@@ -41,11 +55,22 @@ SGLang, llama.cpp's server, hosted APIs) (docs/job-spec.md, "backend").
     server without ``/tokenize`` is used unchecked, and the manifest says so.
   - ``completions``: intgen renders every chat itself with the model's chat template
     (:mod:`intgen.backends.templates`: the prefix-fidelity check and its documented
-    repairs) and sends the token ids as the prompt of ``/v1/completions``, so the model
-    sees exactly the tokens intgen checked, as with the in-process vLLM engine.
+    repairs) and sends it as the prompt of ``/v1/completions``: as token ids
+    (``prompt_format: token_ids``), so the model sees exactly the tokens intgen checked, as
+    with the in-process vLLM engine; or, for a server that takes only strings
+    (``prompt_format: text``), as the text whose tokenization is those same ids
+    (:meth:`~intgen.backends.templates.ChatRenderer.text_prompt`: the BOS the server adds is
+    not doubled), checked locally and, where the server has a tokenizer endpoint, against
+    the server's tokenization of each distinct prompt. ``prompt_format: auto`` takes token
+    ids when the server accepts them, else text.
   - ``none``: a chat API that cannot continue a turn (most hosted APIs):
     ``can_continue`` is False, so it serves rollouts and proposals only and the check
     stage refuses it.
+  - ``auto``: ``server`` when the probe saw the server continue an open turn and it has
+    vLLM's ``/tokenize`` (each prompt can be checked); else ``completions`` when a local
+    tokenizer is available and ``/v1/completions`` takes token ids or text; else
+    ``server`` unchecked when the server accepted the extension without showing whether
+    it honours it; else ``none``.
 
 - **Secrets.** The API key is read from the environment variable named by
   ``backend.api_key_env`` and handed to the client only; it is never logged, described
@@ -93,6 +118,63 @@ def _short(msg: Any, limit: int = 500) -> str:
     return s if len(s) <= limit else s[:limit] + "..."
 
 
+#: a 5xx whose body says this is a refusal of the request, not a server in trouble
+_VALIDATION = re.compile(r"validation|Input should be|Field required|unprocessable", re.I)
+#: a refusal of this one request (its size or its content), not of the way intgen sends requests
+_THIS_REQUEST = re.compile(r"context|too long|too large|too many tokens|max_model_len|n_ctx|must be <=|"
+                           r"content.?(policy|filter|management)|safety|flagged", re.I)
+
+
+def error_text(e: BaseException) -> str:
+    """An API error as ``"STATUS: the server's message"`` (or the exception's name and text)."""
+    import openai
+
+    if isinstance(e, openai.APIStatusError):
+        body = e.body
+        msg = body.get("message") if isinstance(body, dict) else body
+        if not isinstance(msg, str) or not msg:
+            msg = json.dumps(body, default=str) if body is not None else e.message
+        return f"{e.status_code}: {_short(msg)}"
+    return f"{type(e).__name__}: {_short(e)}"
+
+
+def classify(e: BaseException) -> str:
+    """What an error from the server means (module docstring, "Retries").
+
+    Returns:
+        ``"retry"`` (a timeout, a dropped connection, 408, 429, a 5xx that does not say
+        validation), ``"request"`` (this request is too big or refused for its content),
+        ``"auth"`` (401, 403), ``"missing"`` (404), ``"stop"`` (any other 4xx, or a 5xx
+        that says validation: no retry can fix it), ``"other"`` (not an API error).
+    """
+    import openai
+
+    if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError)):
+        return "retry"
+    if not isinstance(e, openai.APIStatusError):
+        return "other"
+    status = e.status_code
+    text = f"{e.message} {json.dumps(e.body, default=str) if e.body is not None else ''}"
+    if status in (401, 403):
+        return "auth"
+    if status in (408, 429):
+        return "retry"
+    if status >= 500 and not _VALIDATION.search(text):
+        return "retry"
+    if status == 404:
+        return "missing"
+    return "request" if _THIS_REQUEST.search(text) else "stop"
+
+
+def _retry_after(e: BaseException) -> float | None:
+    response = getattr(e, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 class OpenAIBackend(Backend):
     """A model behind an OpenAI-compatible server (module docstring).
 
@@ -115,6 +197,12 @@ class OpenAIBackend(Backend):
         self.base_url = spec.base_url.rstrip("/")
         self.root_url = re.sub(r"/v1$", "", self.base_url)
         self.can_continue = spec.continuation != "none"
+        #: the modes in use (module docstring): set from the spec, then from the probe at start
+        self.continuation = spec.continuation
+        self.prompt_format = spec.prompt_format
+        self.send_seed = True
+        self.seeds_note = "sent"
+        self.probe: Any = None
         self.max_model_len = spec.max_model_len
         self.client = None
         self.renderer: ChatRenderer | None = None
@@ -128,8 +216,9 @@ class OpenAIBackend(Backend):
         self._down_since: float | None = None
         self._has_tokenize: bool | None = None
         self._token_counts: dict[str, int] = {}
+        self._text_checks: dict[str, asyncio.Future] = {}
         self.fidelity = {"server": "not checked yet", "completions": "rendered and checked locally",
-                         "none": "no continuations"}[spec.continuation]
+                         "none": "no continuations", "auto": "not started"}[spec.continuation]
 
     # -- start / close -------------------------------------------------------------------
     def _api_key(self) -> str:
@@ -147,12 +236,26 @@ class OpenAIBackend(Backend):
             self.counts[f"http_{response.status_code}"] += 1
 
         http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [on_request], "response": [on_response]})
+        # max_retries=0: retries follow intgen's rule (create()), not the client's
         self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key(), timeout=self.spec.timeout_s,
-                                         max_retries=self.spec.max_retries, http_client=http)
+                                         max_retries=0, http_client=http)
         self._sem = asyncio.Semaphore(self.spec.concurrency)
+        try:
+            await self._connect()
+        except BaseException:  # a failed start leaves nothing open, and a later start() tries again
+            await self.client.close()
+            self.client = None
+            raise
+
+    async def _connect(self) -> None:
+        """List the models (context length, served name), load the local tokenizer, probe
+        the server and choose the modes (module docstring)."""
+        import openai
+
         where = _public_url(self.base_url)
         try:
-            models = await self.client.with_options(timeout=min(self.spec.timeout_s, 60.0)).models.list()
+            models = await self._retrying(lambda: self.client.with_options(
+                timeout=min(self.spec.timeout_s, 60.0)).models.list())
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             source = (f"read from ${self.spec.api_key_env}" if os.environ.get(self.spec.api_key_env)
                       else f"${self.spec.api_key_env} is not set; backend.api_key_env names the variable")
@@ -184,6 +287,76 @@ class OpenAIBackend(Backend):
                 if self.spec.tokenizer is not None:
                     raise
                 self.renderer = None
+        from intgen.backends.server_probe import probe_server
+
+        self.probe = await probe_server(self)
+        self._choose_modes()
+
+    def _choose_modes(self) -> None:
+        """Set :attr:`continuation`, :attr:`prompt_format` and the seeds from the spec and
+        the probe (module docstring).
+
+        Raises:
+            BackendError: the spec asks for a mode the server refuses, or no mode works.
+        """
+        p, s, where = self.probe, self.spec, _public_url(self.base_url)
+        feats = p.features
+        ids_ok, text_ok = p.ok("completions_token_ids"), p.ok("completions_text")
+        if s.prompt_format == "auto":
+            fmt = "token_ids" if ids_ok else "text" if text_ok else None
+        else:
+            fmt = s.prompt_format
+        cf = feats["continue_final_message"]
+        if s.continuation == "auto":
+            if cf.ok and p.chat_tokenize and p.ok("chat"):
+                mode = "server"
+            elif self.renderer is not None and fmt is not None:
+                mode = "completions"
+            elif cf.ok is not False and p.ok("chat"):
+                mode = "server"
+            else:
+                mode = "none"
+        else:
+            mode = s.continuation
+        if mode == "server" and p.ok("chat") is False:
+            raise BackendError(f"the server at {where} refuses chat requests ({feats['chat'].detail}); use "
+                               "backend.continuation=completions or auto")
+        if mode == "server" and cf.ok is False and cf.detail.startswith(("ignored", "refused")):
+            raise BackendError(f"the server at {where} does not continue an unfinished assistant turn "
+                               f"(continue_final_message: {cf.detail}); use backend.continuation=auto, which renders "
+                               "the chat in intgen and sends it to /v1/completions")
+        if mode == "completions":
+            named = {"token_ids": ids_ok, "text": text_ok}
+            if fmt is None:
+                raise BackendError(
+                    f"the server at {where} takes neither token ids nor text as a /v1/completions prompt (token ids: "
+                    f"{feats['completions_token_ids'].detail}; text: {feats['completions_text'].detail})")
+            if named[fmt] is False:
+                other = "text" if fmt == "token_ids" else "token_ids"
+                raise BackendError(
+                    f"the server at {where} refuses /v1/completions prompts as {fmt.replace('_', ' ')} "
+                    f"({feats['completions_' + fmt].detail}); use backend.prompt_format={other} or auto")
+        self.continuation, self.prompt_format = mode, fmt
+        self.can_continue = mode != "none"
+        seeds = feats["seeds"]
+        if seeds.ok is False and seeds.detail.startswith("a request with a seed was refused"):
+            self.send_seed, self.seeds_note = False, f"not sent: {seeds.detail}"
+            log.warning("the server at %s refuses seeded requests; samples go without a seed and are not "
+                        "reproducible (%s)", where, seeds.detail)
+        elif seeds.ok is False:
+            self.seeds_note = f"sent; {seeds.detail}"
+        if mode == "completions":
+            self.fidelity = ("rendered and checked locally; sent as token ids" if fmt == "token_ids" else
+                             "rendered and checked locally; sent as text" + (
+                                 f", each prompt's tokens checked by the server's tokenizer ({p.tokenize})"
+                                 if p.tokenize else ", tokenized locally to the same ids (no tokenizer endpoint)"))
+        elif mode == "none":
+            self.fidelity = "no continuations"
+        elif p.chat_tokenize:
+            self.fidelity = "not checked yet: each continuation prompt is checked with the server's /tokenize"
+        elif not p.chat_tokenize:
+            self._has_tokenize = False
+            self.fidelity = "unchecked: the server has no /tokenize endpoint"
 
     async def close(self) -> None:
         for t in list(self._tasks.values()):
@@ -199,6 +372,10 @@ class OpenAIBackend(Backend):
     def _key(self, messages: Sequence[dict[str, str]], continue_final: bool) -> str:
         return json.dumps([list(messages), continue_final], sort_keys=True, ensure_ascii=False)
 
+    def chat_body(self, messages: Sequence[dict[str, str]], continue_final: bool) -> dict[str, Any]:
+        """The body of vLLM's ``/tokenize`` in chat form for these messages."""
+        return self._chat_body(messages, continue_final)
+
     def _chat_body(self, messages: Sequence[dict[str, str]], continue_final: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.served, "messages": list(messages),
                                 "add_generation_prompt": not continue_final, "continue_final_message": continue_final}
@@ -211,7 +388,7 @@ class OpenAIBackend(Backend):
         the base class's estimate."""
         if self.renderer is not None:
             return len(self.renderer.ids(messages, continue_final))
-        if self._has_tokenize is not False and self.spec.continuation != "none":
+        if self._has_tokenize is not False and self.continuation != "none":
             key = self._key(messages, continue_final)
             if key in self._token_counts:
                 return self._token_counts[key]
@@ -259,8 +436,8 @@ class OpenAIBackend(Backend):
             return local.problem
         async with self._sem:
             try:
-                got = await self.client.post(self.root_url + "/tokenize", cast_to=object,
-                                             body=self._chat_body(messages, True))
+                got = await self._retrying(lambda: self.client.post(self.root_url + "/tokenize", cast_to=object,
+                                                                    body=self._chat_body(messages, True)))
             except (openai.NotFoundError, openai.APIStatusError) as e:
                 if getattr(e, "status_code", None) in (404, 405, 501):
                     if self._has_tokenize is None:
@@ -314,8 +491,12 @@ class OpenAIBackend(Backend):
             await self.start()
         self._tasks[request.id] = asyncio.current_task()
         try:
-            if self.spec.continuation == "server" and request.continue_final:
+            if self.continuation == "server" and request.continue_final:
                 problem = await self._prefix_problem(request.messages)
+                if problem is not None:
+                    return Completion(request.id, "", "error", error=problem, permanent=True)
+            if self.continuation == "completions" and self.prompt_format == "text":
+                problem = await self._text_problem(request)
                 if problem is not None:
                     return Completion(request.id, "", "error", error=problem, permanent=True)
             async with self._sem:
@@ -335,26 +516,72 @@ class OpenAIBackend(Backend):
         finally:
             self._tasks.pop(request.id, None)
 
+    # -- text prompts: the server's tokenization of each distinct prompt ------------------------
+    async def _text_problem(self, request: Request) -> str | None:
+        """Check, once per distinct prompt, that the text sent tokenizes on the server to the
+        rendered ids (module docstring, ``completions``); returns the request's own problem.
+
+        Raises:
+            PrefixFidelityError: the server's tokenizer gives other ids.
+        """
+        rendered = self.renderer.render(request.messages, request.continue_final)
+        if rendered.problem is not None:
+            return rendered.problem
+        text = self.renderer.text_prompt(rendered)  # the local check: raises when no text gives the ids
+        form = self.probe.tokenize if self.probe is not None else None
+        if form is None:
+            return None
+        check = self._text_checks.get(text)
+        if check is None:
+            check = self._text_checks[text] = asyncio.ensure_future(self._check_text(text, rendered.ids, form))
+        await asyncio.shield(check)
+        return None
+
+    async def _check_text(self, text: str, ids: list[int], form: str) -> None:
+        if form == "llama-cpp-python":
+            body = {"model": self.served, "input": text}
+        elif form == "llama.cpp":
+            body = {"content": text, "add_special": True, "parse_special": True}
+        elif form == "tgi":
+            body = {"inputs": text}
+        else:
+            body = {"model": self.served, "prompt": text, "add_special_tokens": True}
+        url = self.probe.tokenize_url
+        async with self._sem:
+            got = await self._retrying(lambda: self.client.post(url, cast_to=object, body=body))
+        tokens = [t if isinstance(t, int) else t.get("id") for t in (got if isinstance(got, list) else got["tokens"])]
+        if tokens != ids:
+            i = next((k for k, (a, b) in enumerate(zip(tokens, ids)) if a != b), min(len(tokens), len(ids)))
+            raise PrefixFidelityError(
+                f"the server tokenizes the text prompt differently from the local rendering (first difference at token "
+                f"{i} of {len(tokens)} vs {len(ids)}: server {tokens[i:i + 5]}, local {ids[i:i + 5]}); is it serving "
+                "another tokenizer? Use a server that takes token ids (backend.prompt_format=token_ids)")
+        self.counts["text_prompts_checked"] += 1
+
     def request_body(self, request: Request) -> tuple[str, dict[str, Any], list[int] | None]:
         """The endpoint (``"chat"`` or ``"completions"``), the keyword arguments of the
         client call, and the prompt's token ids when intgen rendered it.
 
         Raises:
-            PrefixFidelityError: (completions mode) the template breaks the prefix.
+            PrefixFidelityError: (completions mode) the template breaks the prefix, or (text
+                prompts) no text tokenizes to the rendered ids.
         """
         s = request.sampling
         extra = dict(self.spec.extra_body)
         if s.top_k and s.top_k > 0:
             extra.setdefault("top_k", s.top_k)
-        kwargs: dict[str, Any] = {"model": self.served, "n": 1, "seed": request.seed, "max_tokens": s.max_tokens,
+        kwargs: dict[str, Any] = {"model": self.served, "n": 1, "max_tokens": s.max_tokens,
                                   "temperature": s.temperature, "top_p": s.top_p}
-        if self.spec.continuation == "completions":
+        if self.send_seed:
+            kwargs["seed"] = request.seed
+        if self.continuation == "completions":
             rendered = self.renderer.render(request.messages, request.continue_final)
             if rendered.problem is not None:
                 raise _RequestProblem(rendered.problem)
             if extra:
                 kwargs["extra_body"] = extra
-            return "completions", {**kwargs, "prompt": rendered.ids}, rendered.ids
+            prompt = rendered.ids if self.prompt_format != "text" else self.renderer.text_prompt(rendered)
+            return "completions", {**kwargs, "prompt": prompt}, rendered.ids
         if request.continue_final:
             extra.update(continue_final_message=True, add_generation_prompt=False)
         if self.spec.chat_template_kwargs:
@@ -362,6 +589,45 @@ class OpenAIBackend(Backend):
         if extra:
             kwargs["extra_body"] = extra
         return "chat", {**kwargs, "messages": list(request.messages)}, None
+
+    # -- the retry rule ----------------------------------------------------------------------------
+    def _wait(self, retry_state) -> float:
+        from tenacity import wait_exponential_jitter
+
+        exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
+        after = _retry_after(exc) if exc is not None else None
+        if after is not None and 0 <= after <= 60:
+            return after
+        return wait_exponential_jitter(multiplier=0.5, max=8, jitter=0.5)(retry_state)
+
+    async def _retrying(self, call, retries: int | None = None):
+        """``await call()`` under the retry rule (module docstring): at most
+        ``backend.max_retries`` more tries, and only for errors :func:`classify` calls
+        ``"retry"``; any other error is raised at once (one HTTP attempt). ``retries``
+        overrides ``max_retries`` (the probe's requests retry once).
+
+        Raises:
+            openai.APIError: the last error.
+        """
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+        def count(_state) -> None:
+            self.counts["retries"] += 1
+
+        result = None
+        retries = self.spec.max_retries if retries is None else min(retries, self.spec.max_retries)
+        async for attempt in AsyncRetrying(stop=stop_after_attempt(retries + 1), wait=self._wait,
+                                           retry=retry_if_exception(lambda e: classify(e) == "retry"),
+                                           before_sleep=count, reraise=True):
+            with attempt:
+                result = await call()
+        return result
+
+    async def create(self, endpoint: str, kwargs: dict[str, Any], retries: int | None = None):
+        """One ``/v1/completions`` (``endpoint="completions"``) or ``/v1/chat/completions``
+        call with the client's keyword arguments, under the retry rule (:meth:`_retrying`)."""
+        create = self.client.completions.create if endpoint == "completions" else self.client.chat.completions.create
+        return await self._retrying(lambda: create(**kwargs), retries)
 
     async def _call(self, request: Request) -> Completion:
         """One sample, through the outage policy (module docstring): a request that still
@@ -414,8 +680,6 @@ class OpenAIBackend(Backend):
         """One try through the client (its own retries included); returns the completion and
         whether it failed in a way the server's health explains (5xx, 408/409/429, a timeout,
         a connection error)."""
-        import openai
-
         if request.continue_final and not self.can_continue:
             return Completion(request.id, "", "error", error="backend.continuation=none: this server cannot continue an "
                               "unfinished assistant turn", permanent=True), False
@@ -423,10 +687,9 @@ class OpenAIBackend(Backend):
             endpoint, kwargs, prompt_ids = self.request_body(request)
         except _RequestProblem as e:
             return Completion(request.id, "", "error", error=str(e), permanent=True), False
-        create = self.client.completions.create if endpoint == "completions" else self.client.chat.completions.create
         try:
             for _ in range(self.spec.max_retries + 1):
-                resp = await create(**kwargs)
+                resp = await self.create(endpoint, kwargs)
                 if resp.choices:
                     break
                 self.counts["missing_choices"] += 1  # fewer choices than asked: ask again, same seed
@@ -434,26 +697,38 @@ class OpenAIBackend(Backend):
                 self.counts["failed"] += 1
                 return Completion(request.id, "", "error", len(prompt_ids or ()), error=(
                     f"the server returned no choice for this sample {self.spec.max_retries + 1} times")), False
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-            raise _Fatal(f"the server refused the API key (read from ${self.spec.api_key_env}): {_short(e.message, 200)}")
-        except openai.NotFoundError as e:
-            what = "/v1/completions" if prompt_ids is not None else "/v1/chat/completions"
-            raise _Fatal(f"the server answered 404 for {what} with model {self.served!r}: {_short(e.message, 300)}")
-        except openai.APIStatusError as e:
-            retried = e.status_code in (408, 409, 429) or e.status_code >= 500
-            self.counts["failed" if retried else f"rejected_{e.status_code}"] += 1
-            why = (f"the server kept failing ({e.status_code}) after {self.spec.max_retries} retries" if retried
-                   else f"the server rejected the request ({e.status_code}, not retried)")
-            return Completion(request.id, "", "error", len(prompt_ids or ()), error=f"{why}: {_short(e.message)}",
-                              permanent=not retried), retried
-        except openai.APITimeoutError:
+        except Exception as e:
+            kind = classify(e)
+            if kind == "other":
+                raise
+            what = "/v1/completions" if endpoint == "completions" else "/v1/chat/completions"
+            if kind == "auth":
+                raise _Fatal(f"the server refused the API key (read from ${self.spec.api_key_env}): {error_text(e)}")
+            if kind == "missing":
+                raise _Fatal(f"the server answered 404 for {what} with model {self.served!r}: {error_text(e)}")
+            if kind == "stop":
+                self.counts[f"refused_{e.status_code}"] += 1
+                hint = ""
+                if endpoint == "completions" and self.prompt_format == "token_ids":
+                    hint = " If it refuses prompts of token ids, set backend.prompt_format=text (or auto)."
+                raise _Fatal(f"the server at {_public_url(self.base_url)} refused a {what} request in a way no retry "
+                             f"can fix ({error_text(e)}); the run stops here, nothing was retried.{hint} "
+                             f"`intgen check-server {_public_url(self.base_url)} --model {self.served}` shows what "
+                             "this server supports")
+            if kind == "request":
+                self.counts[f"rejected_{e.status_code}"] += 1
+                return Completion(request.id, "", "error", len(prompt_ids or ()), error=(
+                    f"the server rejected this request ({error_text(e)}; not retried)"), permanent=True), False
             self.counts["failed"] += 1
-            return Completion(request.id, "", "error", len(prompt_ids or ()), error=(
-                f"no answer within backend.timeout_s={self.spec.timeout_s:g} s, {self.spec.max_retries} retries")), True
-        except openai.APIConnectionError as e:
-            self.counts["failed"] += 1
-            return Completion(request.id, "", "error", len(prompt_ids or ()), error=(
-                f"connection failed after {self.spec.max_retries} retries: {_short(e)}")), True
+            import openai
+
+            if isinstance(e, openai.APITimeoutError):
+                why = f"no answer within backend.timeout_s={self.spec.timeout_s:g} s, {self.spec.max_retries} retries"
+            elif isinstance(e, openai.APIConnectionError):
+                why = f"connection failed after {self.spec.max_retries} retries: {_short(e)}"
+            else:
+                why = f"the server kept failing after {self.spec.max_retries} retries ({error_text(e)})"
+            return Completion(request.id, "", "error", len(prompt_ids or ()), error=why), True
         choice = resp.choices[0]
         text = choice.text if prompt_ids is not None else (choice.message.content or "")
         usage = resp.usage
@@ -476,7 +751,11 @@ class OpenAIBackend(Backend):
         info: dict[str, Any] = {
             "kind": "openai", "model": self.model, "served_model_name": self.served,
             "base_url": _public_url(self.base_url), "api_key_env": self.spec.api_key_env,
-            "continuation": self.spec.continuation, "max_model_len": self.max_model_len,
+            "continuation": self.continuation, "max_model_len": self.max_model_len,
+            "modes": {"continuation": self.continuation, "continuation_setting": self.spec.continuation,
+                      "prompt_format": self.prompt_format if self.continuation == "completions" else None,
+                      "prompt_format_setting": self.spec.prompt_format, "seeds": self.seeds_note},
+            "server_probe": self.probe.as_dict() if self.probe is not None else "not run (the server was not needed)",
             "concurrency": self.spec.concurrency, "timeout_s": self.spec.timeout_s, "max_retries": self.spec.max_retries,
             "outage_s": self.spec.outage_s, "prefix_fidelity": self.fidelity, "requests": dict(self.counts),
         }

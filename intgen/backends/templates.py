@@ -29,6 +29,13 @@ manifest):
   last assistant turn): the injected block is removed, so the model continues its own
   thinking instead of a closed empty one.
 
+Text prompts. A server that takes only strings as the prompt of ``/v1/completions``
+(llama.cpp's Python server) tokenizes the text itself, adding the tokenizer's special
+tokens. :func:`text_prompt` gives the string whose tokenization is exactly the rendered
+ids: the rendered text, minus its leading BOS spelling when the tokenizer adds a BOS (so
+the BOS is not doubled). The OpenAI-compatible backend checks the result against the
+server's own tokenizer endpoint where it has one.
+
 Anything else (a template that drops or rewrites part of the message, a tokenizer that adds
 special tokens or does not round-trip the text) raises :class:`PrefixFidelityError`: a
 clear error, never silent corruption. A message whose own text contains a special token's
@@ -181,6 +188,36 @@ def check_tokens(tokenizer: Any, text: str, ids: Sequence[int], prefix: str | No
                                       f"with {decoded[-60:]!r}, the message ends with {prefix[-60:]!r}")
 
 
+def text_prompt(tokenizer: Any, text: str, ids: Sequence[int]) -> str:
+    """The string whose usual tokenization (``add_special_tokens=True``) is ``ids``, the
+    token ids of the rendered ``text`` (module docstring, "Text prompts").
+
+    A chat template already writes the BOS token when the model wants one (Llama 3's
+    ``<|begin_of_text|>``); a server that tokenizes a text prompt adds it again when the
+    tokenizer adds special tokens. So the rendered text goes as it is when tokenizing it that
+    way gives ``ids`` (SmolLM2, Qwen: the tokenizer adds nothing), and with its leading BOS
+    spelling removed when the tokenizer puts that BOS back.
+
+    Raises:
+        PrefixFidelityError: neither string tokenizes to ``ids``.
+    """
+    def tokens(s: str) -> list[int]:
+        return list(tokenizer(s, add_special_tokens=True)["input_ids"])
+
+    want = list(ids)
+    if tokens(text) == want:
+        return text
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos) and tokens(text[len(bos):]) == want:
+        return text[len(bos):]
+    got = tokens(text)
+    i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    raise PrefixFidelityError(
+        f"the tokenizer adds special tokens to a text prompt that no change of the text can undo (first difference "
+        f"at token {i}: {got[i:i + 3]} instead of {want[i:i + 3]}), so a server given the text would not see the "
+        "rendered token ids; use a server that takes token ids (backend.prompt_format=token_ids)")
+
+
 class ChatRenderer:
     """Renders chats for one tokenizer, with the fidelity check and a small cache (the r
     continuations of one candidate share one prompt, and the runner counts tokens before
@@ -203,6 +240,7 @@ class ChatRenderer:
         self.repairs: Counter[str] = Counter()
         self._special = _special_tokens(tokenizer)
         self._cache: OrderedDict[str, Rendered] = OrderedDict()
+        self._texts: OrderedDict[str, str] = OrderedDict()
         self._size = cache_size
         self._lock = threading.Lock()
 
@@ -241,6 +279,33 @@ class ChatRenderer:
 
     def ids(self, messages: Sequence[dict[str, Any]], continue_final: bool = False) -> list[int]:
         return self.render(messages, continue_final).ids
+
+    def text_prompt(self, rendered: Rendered) -> str:
+        """The string to send as a text prompt so that a server that tokenizes it the usual
+        way (``add_special_tokens=True``, special-token spellings parsed as special tokens:
+        vLLM, SGLang, llama.cpp, TGI) gets exactly ``rendered.ids`` (module docstring,
+        "Text prompts"). Cached per rendered text.
+
+        Raises:
+            PrefixFidelityError: no string tokenizes to ``rendered.ids`` with the tokenizer's
+                special tokens added (e.g. it adds an EOS at the end).
+        """
+        with self._lock:
+            hit = self._texts.get(rendered.text)
+        if hit is not None:
+            return hit
+        text = text_prompt(self.tokenizer, rendered.text, rendered.ids)
+        with self._lock:
+            self._texts[rendered.text] = text
+            if len(self._texts) > self._size:
+                self._texts.popitem(last=False)
+        return text
+
+    def closed_text(self, messages: Sequence[dict[str, Any]]) -> str:
+        """The chat rendered with its last message closed and a new assistant turn opened:
+        what a server that ignores ``continue_final_message`` renders (the probe compares)."""
+        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True,
+                                                  **self.kwargs)
 
     def wraps_user_message_as(self) -> str:
         """What the template puts around one user message (an injected system prompt included)."""

@@ -13,7 +13,9 @@ string is tokenized (the listed continuation pitfalls).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import warnings
 from typing import Any, Iterable, Sequence
 
 from intgen.backends.base import Backend, BackendError, Completion, Request
@@ -21,8 +23,17 @@ from intgen.backends.templates import ChatRenderer, PrefixFidelityError
 from intgen.config import BackendSpec
 from intgen.models import materialize
 
-# vLLM logs every engine detail at INFO; keep a run's output to intgen's progress bars
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+# vLLM and torch log every engine detail, and warn about things a run cannot change (no
+# Triton CPU backend, deprecations, NUMA binding); keep a run's output to intgen's own lines.
+# Each setting is a default: set the variable to see them (VLLM_LOGGING_LEVEL=INFO).
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # reaches the engine's own processes
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm(\.|$)")
+# logged at import, before vLLM configures its loggers (so Python prints it bare): the CPU
+# build has no Triton backend and says so in every process
+if os.environ.get("VLLM_LOGGING_LEVEL", "").upper() in ("ERROR", "CRITICAL"):
+    logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
 
 #: vLLM's own ``EngineCoreProc.run_engine_core``, kept when :func:`_tie_engine_to_parent` wraps it
 _RUN_ENGINE_CORE = None
@@ -98,7 +109,7 @@ class VLLMBackend(Backend):
     def _engine_kwargs(self, path: str) -> dict[str, Any]:
         from vllm.platforms import current_platform
 
-        kwargs: dict[str, Any] = {"model": path, "enable_prefix_caching": True, "seed": 0}
+        kwargs: dict[str, Any] = {"model": path, "enable_prefix_caching": True, "seed": 0, "use_tqdm_on_load": False}
         if current_platform.is_cpu():
             # the CPU build runs bfloat16 eagerly; a modest KV cache suits laptops and CI
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")

@@ -42,6 +42,7 @@ def print_where(out: Path, export_dir: Path, sft_rows: int) -> None:
         print(f"no SFT rows: no intervention was accepted (see {out / 'interventions.parquet'}, reject_reason); "
               "a stronger model, larger check.r or more problems give some")
     print(f"what happened, stage by stage: intgen inspect {out}")
+    print(f"every candidate with its failed trace, blamed step and continuations, as one HTML page: intgen view {out}")
 
 
 def _resume_command(args: argparse.Namespace, out: Path) -> str:
@@ -49,6 +50,15 @@ def _resume_command(args: argparse.Namespace, out: Path) -> str:
     if args.limit is not None:
         parts += ["--limit", str(args.limit)]
     return " ".join(parts + [shlex.quote(o) for o in args.overrides])
+
+
+def _stopped(out: Path) -> bool:
+    import json
+
+    try:
+        return json.loads((out / "manifest.json").read_text()).get("status") == "stopped"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _terminate(signum, frame):
@@ -93,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
     except (SpecError, FileNotFoundError, FileExistsError, UnknownModelError, BackendError, ResumeError,
             SourceError, PromptError, NotADirectoryError, StoreError, RunDirError) as e:
         print(f"intgen generate: {e}", file=sys.stderr)
+        if isinstance(e, BackendError) and _stopped(out):
+            print(f"intgen generate: the run stopped (manifest.json: status stopped); every answered sample is kept "
+                  f"in {out}.\nfix the cause, then resume with: {_resume_command(args, out)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         name = str(e) or "SIGINT"

@@ -64,7 +64,8 @@ def describe_run(run_dir: Path) -> dict:
     stats = json.loads((run_dir / "stats.json").read_text()) if (run_dir / "stats.json").is_file() else {}
     status = manifest.get("status") or ("complete" if manifest.get("complete") else "running")
     return {"run_dir": str(run_dir), "status": status, "complete": status == "complete",
-            "failed_requests": manifest.get("failed_requests", 0), "stages": stages,
+            "failed_requests": manifest.get("failed_requests", 0), "stopped_by": manifest.get("stopped_by"),
+            "stages": stages,
             "plan": plan, "ledger": stats.get("ledger")}
 
 
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     said = {"complete": "complete",
             "incomplete": f"incomplete: {info['failed_requests']} requests failed, rerun to retry them "
                           "(the same intgen generate command with --out DIR)",
+            "stopped": f"stopped: {info['stopped_by']}; fix the cause, then rerun the same intgen generate command "
+                       "with --out DIR (answered samples are kept)",
             }.get(info["status"], "not finished: stopped or still running; rerun the same intgen generate command "
                                   "with --out DIR to resume it")
     print(f"{info['run_dir']}: {said}")

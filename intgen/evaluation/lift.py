@@ -26,6 +26,17 @@ out), over all items' samples, so each item weighs r samples in every row. Note:
 reuses the check samples that accepted the candidates, so with ``accept.min_correct >= 1``
 its coverage is 1 by construction; ``fresh=True`` draws new (c) and (d) samples
 (``.../lift-baseline-{l}``, ``{candidate_id}/lift-continuation-{l}``) for an unbiased row.
+
+The paper's units are printed beside these (docs/faithful.md, "eval lift"): *solved* =
+problems with at least one correct sample, out of the table's N problems (the paper's
+"coverage", e.g. 80/334), and *accuracy* = the mean over problems of each problem's share
+of correct samples, every sample counted (an ungradable or unanswered one scores 0, as the
+paper's grader scored it), in percent (the paper's "accuracy", e.g. 1.56%). With one item
+per problem and no ungradable sample it equals intgen's success rate.
+
+A faithful run (``faithful: true``) is lifted faithfully too: its steps are the paper's
+split, a location past the last step has the whole attempt as its (c) partial trace (one
+below 1 has no (c) row), and samples are graded by the paper's rules.
 """
 
 from __future__ import annotations
@@ -132,22 +143,40 @@ def _requests(item: dict, spec: JobSpec, sampling: Sampling, r: int, fresh: bool
     base = f"{rid}/location-{loc}"
     prefix = STEP_SEPARATOR.join(steps[: loc - 1]) + STEP_SEPARATOR if loc > 1 else None
     out = {"problem": own("lift-problem", cid, None), "prefix": own("lift-prefix", base, prefix)}
+    # faithful runs keep any integer location (docs/faithful.md): past the last step, (c) is the whole attempt
+    partial = baseline_target(steps, loc, any_location=spec.faithful) if loc >= 1 else None
     if fresh:
-        out["prefix_step"] = own("lift-baseline", base, baseline_target(steps, loc))
+        out["prefix_step"] = own("lift-baseline", base, partial) if partial is not None else []
         out["intervention"] = own("lift-continuation", cid, item["target"])
     else:
         out["prefix_step"] = check_stage.continuation_requests(
-            "baseline", base, problem, baseline_target(steps, loc), r, sampling, spec.system_prompt, spec.seed,
-            {"rollout_id": rid, "location": loc})
+            "baseline", base, problem, partial, r, sampling, spec.system_prompt, spec.seed,
+            {"rollout_id": rid, "location": loc}) if partial is not None else []
         out["intervention"] = check_stage.continuation_requests(
             "continuation", cid, problem, item["target"], r, sampling, spec.system_prompt, spec.seed,
             {"candidate_id": cid, "rollout_id": rid, "location": loc})
     return out
 
 
+def paper_accuracy(rows: list[dict]) -> float | None:
+    """The paper's accuracy of one condition's ``lift.parquet`` rows: the mean over problems of
+    each problem's correct samples / samples, every answered sample counted (ungradable and
+    no_answer score 0, as the paper's grader scored them); a fraction, None without samples.
+    Source: docs/faithful.md, "eval lift" (the paper's Table 1, docs/paper.md)."""
+    per_problem: dict[str, list[bool]] = {}
+    for r in rows:
+        if r["verdict"] is not None:
+            per_problem.setdefault(r["problem_id"], []).append(r["verdict"] == "correct")
+    if not per_problem:
+        return None
+    return sum(sum(v) / len(v) for v in per_problem.values()) / len(per_problem)
+
+
 def lift_table(rows: list[dict], problems: list[str]) -> list[dict]:
     """The table from ``lift.parquet`` rows: per condition, samples, graded, correct,
-    success rate (correct / graded, None when nothing is graded) and coverage."""
+    success rate (correct / graded, None when nothing is graded) and coverage; and the
+    paper's units: ``paper_solved`` of ``problems`` and ``paper_accuracy``
+    (:func:`paper_accuracy`, a fraction)."""
     out = []
     for cond in CONDITIONS:
         rs = [r for r in rows if r["condition"] == cond]
@@ -159,7 +188,8 @@ def lift_table(rows: list[dict], problems: list[str]) -> list[dict]:
                     "covered": len(covered), "problems": len(problems),
                     "coverage": len(covered) / len(problems) if problems else None,
                     "from_run": sum(r["origin"] == "run" and r["verdict"] is not None for r in rs),
-                    "failed_requests": sum(r["verdict"] is None for r in rs)})
+                    "failed_requests": sum(r["verdict"] is None for r in rs),
+                    "paper_solved": len(covered), "paper_accuracy": paper_accuracy(rs)})
     return out
 
 
@@ -221,7 +251,7 @@ async def _lift(run_dir: Path, spec: JobSpec, backend: Backend | None, r: int | 
         policy = backend or make_backend(spec.backend, spec.model)
         own_grader = grader is None
         grader = grader or GradingPool(spec.grading.workers, spec.grading.timeout_s)
-        ex = Executor(("lift",), store, grader, progress=progress)
+        ex = Executor(("lift",), store, grader, progress=progress, faithful=spec.faithful)
         ex.add_engine("policy", policy, spec.model)
 
         def record(q: Request, c: Completion, v: Any) -> None:
@@ -234,10 +264,14 @@ async def _lift(run_dir: Path, spec: JobSpec, backend: Backend | None, r: int | 
                              "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
 
         try:
-            if not policy.can_continue:
-                raise BackendError("eval lift continues unfinished assistant turns, which this backend cannot do; "
-                                   "use vllm, or a server with backend.continuation=completions")
+            def refuse_if_cannot_continue() -> None:
+                if not policy.can_continue:
+                    raise BackendError("eval lift continues unfinished assistant turns, which this backend cannot do; "
+                                       "use vllm, or a server with backend.continuation=completions or auto")
+
+            refuse_if_cannot_continue()
             await ex.prepare()
+            refuse_if_cannot_continue()  # a server probed at prepare may turn out unable to (continuation auto)
             sent = {q.id for q in ex.send(missing, record, stage="lift", grade=True)}
             for q in missing:
                 if q.id not in sent:
@@ -314,14 +348,20 @@ def format_table(lift: dict) -> str:
     lines = [f"lift table: {lift['items']} {lift['candidates']} candidates on {lift['rollouts']} failed rollouts of "
              f"{lift['problems']} problems; r = {lift['r']} samples per candidate and condition"
              f"{' (fresh (c) and (d))' if lift['fresh'] else ''}",
-             f"  {'condition':<40} {'coverage':>14} {'success rate':>13} {'correct/graded':>15} {'from run':>9}"]
+             f"  {'condition':<40} {'coverage':>14} {'success rate':>13} {'correct/graded':>15} {'from run':>9}"
+             f"   | paper: {'solved':>9} {'accuracy':>9}"]
     for r in lift["rows"]:
         cov = f"{r['covered']}/{r['problems']}"
         rate = "n/a" if r["success_rate"] is None else f"{100 * r['success_rate']:.2f}%"
+        acc = r.get("paper_accuracy")
+        paper = (f"{str(r.get('paper_solved', r['covered'])) + '/' + str(r['problems']):>9} "
+                 f"{'n/a' if acc is None else f'{100 * acc:.2f}%':>9}")
         lines.append(f"  {r['label']:<40} {cov:>14} {rate:>13} {str(r['correct']) + '/' + str(r['graded']):>15} "
-                     f"{r['from_run']:>9}")
+                     f"{r['from_run']:>9}   |        {paper}")
         if r["failed_requests"]:
             lines[-1] += f"  ({r['failed_requests']} failed requests)"
+    lines.append("  paper: the paper's Table 1 units: problems with >= 1 correct sample out of N, and accuracy = mean "
+                 "over problems of each problem's share of correct samples, ungradable ones scored 0 (docs/faithful.md)")
     if lift.get("note"):
         lines.append(f"  note: {lift['note']}")
     return "\n".join(lines)

@@ -23,13 +23,16 @@ class BaselineStage:
         flow: the executor (``policy`` role).
         for_: ``baseline.for``; r, sampling, system_prompt, run_seed: from the spec.
         problems, rollouts, order: as for the check stage.
+        faithful: the paper's step split; a location past the last step has the whole attempt
+            as its baseline, and one below 1 (no step precedes it) has none (docs/faithful.md).
     """
 
     name = "baseline"
 
     def __init__(self, flow: Flow, for_: str, r: int, sampling: Sampling, system_prompt: str | None, run_seed: int,
-                 problems: dict[str, Problem], rollouts: dict[str, Rollout], order: dict[str, int]):
-        self.flow, self.for_, self.r = flow, for_, r
+                 problems: dict[str, Problem], rollouts: dict[str, Rollout], order: dict[str, int],
+                 faithful: bool = False):
+        self.flow, self.for_, self.r, self.faithful = flow, for_, r, faithful
         self.sampling, self.system_prompt, self.run_seed = sampling, system_prompt, run_seed
         self.problems, self.rollouts, self.order = problems, rollouts, order
         self.requested: set[tuple[str, int]] = set()
@@ -39,11 +42,12 @@ class BaselineStage:
         if self.for_ == "none" or (self.for_ == "accepted" and not accepted):
             return
         key = (candidate.rollout_id, candidate.location)
-        if key in self.requested:
+        if key in self.requested or candidate.location < 1:
             return
         self.requested.add(key)
         rollout = self.rollouts[candidate.rollout_id]
-        partial = baseline_target(split_steps(rollout.text), candidate.location)
+        partial = baseline_target(split_steps(rollout.text, keep_empty=self.faithful), candidate.location,
+                                  any_location=self.faithful)
         reqs = continuation_requests(
             "baseline", f"{rollout.rollout_id}/location-{candidate.location}", self.problems[rollout.problem_id],
             partial, self.r, self.sampling, self.system_prompt, self.run_seed,

@@ -15,13 +15,26 @@ the samples drawn do not depend on the order in which answers arrive:
   benchmarks/schedule.py. Off by default, refused in faithful mode.
 
 The decision goes to ``on_decided`` (the baseline stage) as soon as it is made.
+
+Faithful mode (docs/faithful.md, item 3): only the *first parsed* candidate of each rollout
+is checked, as in the paper's code, which kept the first parsed, non-leaking intervention of
+each attempt and sampled continuations for that one alone. This is a per-rollout join, not
+a barrier: candidates arrive in any order, and candidate ``i`` is checked as soon as it is
+parsed and every candidate before it (``0..i-1``) is known to be unusable (not parsed or
+leaked: :meth:`CheckStage.settle`). A candidate before it that failed as a request, or on
+which the paper's parsing loop raised (``paper_loop_error``, which dropped the later
+samples of the attempt), stops the search. The other parsed candidates are never checked:
+:meth:`CheckStage.not_checked` gives each one's reason, and :attr:`CheckStage.requests_not_sent`
+the continuations saved (``stats.json``: ``check_requests_not_sent``).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from intgen import interventions
 from intgen.backends.base import Completion, Request, Sampling, sample_seed
 from intgen.grading import Verdict
 from intgen.sources import Problem
@@ -32,6 +45,8 @@ from intgen.tables import Candidate, Continuation, Rollout
 
 #: a verdict that is a sample but not a success (ungradable samples count against a candidate in a run of failures)
 _FAILURES = ("wrong", "no_answer", "ungradable")
+#: faithful mode: a candidate with this status ends the search for its rollout's first parsed candidate
+_BLOCKS_FIRST = {interventions.PAPER_ERROR: "after_paper_loop_error", "request_failed": "after_failed_request"}
 
 
 def continuation_requests(kind: str, base_id: str, problem: Problem, partial_trace: str, r: int, sampling: Sampling,
@@ -129,7 +144,8 @@ class CheckStage:
     Args:
         flow: the executor (``policy`` role).
         r, wave, early_stop, give_up_after, min_correct: ``check.*`` and ``accept.min_correct``.
-        sampling, system_prompt, run_seed, faithful: from the spec.
+        sampling, system_prompt, run_seed, faithful: from the spec; faithful mode checks only
+            the first parsed candidate per rollout (module docstring).
         problems: problem id -> problem; rollouts: rollout id -> its record; order: problem
             id -> position (canonical order).
         on_decided: the next stage's ``add``.
@@ -150,10 +166,68 @@ class CheckStage:
         self.on_decided = on_decided
         self.results: dict[str, CheckResult] = {}
         self.records: dict[str, Continuation] = {}
+        # faithful mode's join: rollout id -> candidate index -> candidate (every one settled so far)
+        self._settled: dict[str, dict[int, Candidate]] = defaultdict(dict)
+        self._first_found: set[str] = set()
 
     def add(self, candidate: Candidate) -> None:
-        steps = split_steps(self.rollouts[candidate.rollout_id].text)
-        target = build_target(steps, candidate.location, candidate.intervention, double_newlines=self.faithful)
+        """A parsed candidate (``ok``): checked now, or in faithful mode when it proves to be
+        its rollout's first parsed candidate."""
+        if self.faithful:
+            self.settle(candidate)
+        else:
+            self._check(candidate)
+
+    def settle(self, candidate: Candidate) -> None:
+        """Any candidate whose parse is final (parsed, rejected or failed). Faithful mode: the
+        per-rollout join (module docstring); otherwise nothing happens."""
+        if not self.faithful:
+            return
+        rid = candidate.rollout_id
+        settled = self._settled[rid]
+        settled[candidate.candidate_index] = candidate
+        if rid in self._first_found:
+            return
+        i = 0
+        while i in settled:
+            c = settled[i]
+            if c.parse_status == "ok":
+                self._first_found.add(rid)
+                self._check(c)
+                return
+            if c.parse_status in _BLOCKS_FIRST:
+                self._first_found.add(rid)
+                return
+            i += 1
+
+    def not_checked(self) -> dict[str, str]:
+        """Faithful mode: candidate id -> why this parsed candidate was not checked
+        (``not_first``: an earlier one of its rollout was the first parsed;
+        ``after_paper_loop_error`` / ``after_failed_request``: an earlier sample ended the
+        search). Empty in the default mode."""
+        out: dict[str, str] = {}
+        for settled in self._settled.values():
+            reason = None
+            for i in sorted(settled):
+                c = settled[i]
+                if c.parse_status == "ok":
+                    if c.candidate_id in self.results:
+                        reason = reason or "not_first"
+                    else:
+                        out[c.candidate_id] = reason or "earlier_candidate_missing"
+                elif c.parse_status in _BLOCKS_FIRST and reason is None:
+                    reason = _BLOCKS_FIRST[c.parse_status]
+        return out
+
+    @property
+    def requests_not_sent(self) -> int:
+        """Check continuations faithful mode did not send: r per parsed candidate not checked."""
+        return self.r * len(self.not_checked())
+
+    def _check(self, candidate: Candidate) -> None:
+        steps = split_steps(self.rollouts[candidate.rollout_id].text, keep_empty=self.faithful)
+        target = build_target(steps, candidate.location, candidate.intervention, double_newlines=self.faithful,
+                              any_location=self.faithful)
         reqs = continuation_requests(
             "continuation", candidate.candidate_id, self.problems[candidate.problem_id], target, self.r, self.sampling,
             self.system_prompt, self.run_seed, {"candidate_id": candidate.candidate_id,

@@ -7,7 +7,9 @@ parsed (docs/architecture.md)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import hashlib
+import json
+from typing import Any, Callable, Sequence
 
 from intgen import interventions
 from intgen.backends.base import Completion, Request, Sampling, sample_seed
@@ -15,7 +17,7 @@ from intgen.prompts import ProposerPrompt
 from intgen.sources import Problem
 from intgen.stages import Flow
 from intgen.steps import numbered_attempt, split_steps
-from intgen.tables import Candidate, Rollout
+from intgen.tables import Candidate, ProposerPromptRow, Rollout
 
 
 def solve_request(problem: Problem, rollout: Rollout, prompt: ProposerPrompt, sampling: Sampling, run_seed: int) -> Request:
@@ -59,9 +61,11 @@ def proposer_chat(prompt: ProposerPrompt, values: dict[str, Any], steps: list[st
 
 
 def critique_messages(problem: Problem, rollout: Rollout, prompt: ProposerPrompt, solve_output: str | None,
-                      fits: Callable[[tuple[dict, ...]], bool] | None) -> tuple[tuple[dict, ...], range | None] | None:
-    """:func:`proposer_chat` for one failed rollout of the run (its steps from :func:`split_steps`)."""
-    steps = split_steps(rollout.text)
+                      fits: Callable[[tuple[dict, ...]], bool] | None,
+                      keep_empty: bool = False) -> tuple[tuple[dict, ...], range | None] | None:
+    """:func:`proposer_chat` for one failed rollout of the run (its steps from :func:`split_steps`;
+    ``keep_empty``: the paper's split, faithful mode)."""
+    steps = split_steps(rollout.text, keep_empty=keep_empty)
     values = {"problem": problem.problem, "reference_solution": problem.reference_solution,
               "gold_answer": problem.gold_answer, "num_steps": len(steps)}
     solve_turn = None
@@ -69,6 +73,54 @@ def critique_messages(problem: Problem, rollout: Rollout, prompt: ProposerPrompt
         solve_turn = (prompt.render_solve(problem=problem.problem, reference_solution=problem.reference_solution,
                                           gold_answer=problem.gold_answer), solve_output or "")
     return proposer_chat(prompt, values, steps, solve_turn, fits)
+
+
+def cut_chat(messages: tuple[dict, ...], continue_final: bool, limit: int,
+             count: Callable[[Sequence[dict], bool], int]) -> tuple[tuple[dict, ...], bool, bool]:
+    """The chat cut to its first ``limit`` rendered tokens, as the paper's code cut the
+    rendered proposer prompt (``decode(ids[:limit])``; docs/faithful.md, item 5).
+
+    A chat whose rendered prompt (with its generation header) has at most ``limit`` tokens
+    is unchanged. Otherwise the kept text is the longest start of the rendered prompt within
+    ``limit`` tokens, expressed as messages: the messages before the one the cut falls in,
+    then that message's content up to the cut, left open (``continue_final``), so the model
+    continues it as the paper's model continued the cut text: with no end of turn and no
+    generation header. The cut is found by binary search on the content's characters with
+    ``count`` (the backend's token count), so it matches the paper's within a few tokens at the
+    boundary. When only the generation header does not fit, the chat is kept whole and
+    left open.
+
+    Args:
+        messages, continue_final: the chat.
+        limit: the token limit (``propose.cut_prompt_tokens``).
+        count: ``backend.count_prompt_tokens``.
+
+    Returns:
+        (messages, continue_final, whether the chat was cut).
+    """
+    if count(messages, continue_final) <= limit:
+        return messages, continue_final, False
+    for i, message in enumerate(messages):
+        if count(messages[: i + 1], True) <= limit:
+            continue
+        content = message["content"]
+        lo, hi = 0, len(content) - 1  # the longest prefix length that fits, by binary search
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if count(messages[:i] + ({**message, "content": content[:mid]},), True) <= limit:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo == 0 and i > 0:  # not one character of this message fits: the previous one stays open
+            return messages[:i], True, True
+        return messages[:i] + ({**message, "content": content[:max(lo, 1)]},), True, True
+    return messages, True, True
+
+
+def chat_sha256(messages: Sequence[dict], continue_final: bool) -> str:
+    """sha256 of a chat's canonical JSON (messages and whether the last one is left open)."""
+    blob = json.dumps([list(messages), continue_final], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def candidate_requests(problem: Problem, rollout: Rollout, messages: tuple[dict, ...], m: int, sampling: Sampling,
@@ -114,9 +166,11 @@ def leak(parsed: interventions.ParsedIntervention, gold: str) -> interventions.P
 
 
 def to_candidate(request: Request, completion: Completion, rollout: Rollout, parsed: interventions.ParsedIntervention,
-                 solve_output: str | None, shortened: bool, response_prefix: str | None = None) -> Candidate:
+                 solve_output: str | None, shortened: bool, response_prefix: str | None = None,
+                 proposer_prompt_id: str | None = None) -> Candidate:
     """One ``candidates.parquet`` row: the raw output (``response_prefix`` + the model's
-    text), its parse status (``ok`` or the reason it is not usable) and what was parsed."""
+    text), its parse status (``ok`` or the reason it is not usable), what was parsed, and
+    the key of its chat in ``proposer_prompts.parquet`` (the rollout id)."""
     raw = (response_prefix or "") + completion.text
     return Candidate(
         candidate_id=request.id, rollout_id=rollout.rollout_id, problem_id=rollout.problem_id,
@@ -124,7 +178,8 @@ def to_candidate(request: Request, completion: Completion, rollout: Rollout, par
         solve_output=solve_output, raw_output=raw if completion.finish_reason != "error" else "",
         finish_reason=completion.finish_reason, parse_status=parsed.status, parse_detail=parsed.detail,
         location=parsed.location, intervention=parsed.content, attempt_shortened=shortened,
-        prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens)
+        prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
+        proposer_prompt_id=proposer_prompt_id)
 
 
 async def leaks(flow: Flow, content: str, gold: str, faithful: bool) -> bool:
@@ -145,23 +200,32 @@ class ProposeStage:
     proposer samples; parses each as it arrives, applies the leak rule, and passes each
     ``ok`` candidate to ``on_parsed``. Unusable outputs are ``propose`` rejects with their
     parse status; a chat that cannot fit the context even shortened is ``prompt_too_long``.
+    The chat of each rollout is kept once (:meth:`prompt_rows`, ``proposer_prompts.parquet``).
+
+    Faithful mode (docs/faithful.md): the paper's step split (items 1), its parser (2) and its
+    cut of the rendered chat at ``cut_prompt_tokens`` (5) instead of a shortened attempt.
 
     Args:
         flow: the executor; requests go to its ``proposer`` role.
         prompt: the proposer prompt; m, sampling, run_seed, faithful: from the spec.
         problems: problem id -> problem; order: problem id -> position (canonical order).
         on_parsed: the next stage's ``add``.
+        on_unusable: called with every candidate that will not be checked for its own sake
+            (not parsed, leaked, failed request): the check stage's join in faithful mode.
+        cut_prompt_tokens: faithful mode's ``propose.cut_prompt_tokens``.
     """
 
     name = "propose"
 
     def __init__(self, flow: Flow, prompt: ProposerPrompt, m: int, sampling: Sampling, run_seed: int, faithful: bool,
-                 problems: dict[str, Problem], order: dict[str, int], on_parsed: Callable[[Candidate], None]):
+                 problems: dict[str, Problem], order: dict[str, int], on_parsed: Callable[[Candidate], None],
+                 on_unusable: Callable[[Candidate], None] | None = None, cut_prompt_tokens: int = 30000):
         self.flow, self.prompt, self.m, self.sampling = flow, prompt, m, sampling
         self.run_seed, self.faithful, self.problems, self.order = run_seed, faithful, problems, order
-        self.on_parsed = on_parsed
+        self.on_parsed, self.on_unusable, self.cut_prompt_tokens = on_parsed, on_unusable, cut_prompt_tokens
         self.records: dict[str, Candidate] = {}
-        self._context: dict[str, tuple[Rollout, str | None, range | None]] = {}
+        self.prompts: dict[str, ProposerPromptRow] = {}
+        self._context: dict[str, tuple[Rollout, str | None, range | None, str | None]] = {}
         backend = flow.backend("proposer")
         ctx = backend.max_model_len
         reserve = min(sampling.max_tokens, ctx // 4) if ctx else 0
@@ -183,37 +247,70 @@ class ProposeStage:
 
     def _critique(self, rollout: Rollout, solve_output: str | None) -> None:
         problem = self.problems[rollout.problem_id]
-        shaped = critique_messages(problem, rollout, self.prompt, solve_output, self._fits)
+        shaped = critique_messages(problem, rollout, self.prompt, solve_output, None if self.faithful else self._fits,
+                                   keep_empty=self.faithful)
         if shaped is None:
             self.flow.reject("propose", rollout.rollout_id, rollout.problem_id, "prompt_too_long",
                              "the proposer chat does not fit the context even with the attempt shortened")
             return
         messages, omitted = shaped
+        continue_final = self.prompt.response_prefix is not None
+        response_prefix, cut = self.prompt.response_prefix, False
+        if self.faithful:
+            backend = self.flow.backend("proposer")
+            messages, continue_final, cut = cut_chat(messages, continue_final, self.cut_prompt_tokens,
+                                                     backend.count_prompt_tokens)
+            if cut:
+                response_prefix = None  # the cut dropped the opened reply, if there was one
         reqs = candidate_requests(problem, rollout, messages, self.m, self.sampling, self.run_seed,
-                                  continue_final=self.prompt.response_prefix is not None)
+                                  continue_final=continue_final)
         for req in reqs:
-            self._context[req.id] = (rollout, solve_output, omitted)
+            self._context[req.id] = (rollout, solve_output, omitted, response_prefix)
         sent = {r.id for r in self.flow.send(reqs, self._candidate, stage="propose", role="proposer",
                                              route=rollout.rollout_id)}
         for req in reqs:
             if req.id not in sent:
                 del self._context[req.id]
+        if sent:
+            self.prompts[rollout.rollout_id] = ProposerPromptRow(
+                rollout_id=rollout.rollout_id, problem_id=rollout.problem_id, rollout_index=rollout.rollout_index,
+                messages=[dict(m) for m in messages], continue_final=continue_final,
+                sha256=chat_sha256(messages, continue_final),
+                omitted_first=omitted.start if omitted is not None else None,
+                omitted_last=omitted.stop - 1 if omitted is not None else None,
+                cut_at_tokens=self.cut_prompt_tokens if cut else None,
+                prompt_name=self.prompt.name, prompt_sha256=self.prompt.sha256)
 
     async def _candidate(self, request: Request, completion: Completion, _verdict: Any) -> None:
-        rollout, solve_output, omitted = self._context.pop(request.id)
+        rollout, solve_output, omitted, response_prefix = self._context.pop(request.id)
         gold = request.meta["gold_answer"]
         problem = self.problems[rollout.problem_id]
-        echoed = interventions.echoed_blocks(problem.problem, problem.reference_solution, rollout.text,
-                                             *(response for _, response in self.prompt.examples))
-        parsed = parse_candidate(completion, rollout, omitted, self.prompt.response_prefix, echoed)
+        if self.faithful:
+            if completion.finish_reason in ("error", "abort"):
+                parsed = interventions.ParsedIntervention("request_failed",
+                                                          detail=completion.error or completion.finish_reason)
+            else:
+                parsed = interventions.parse_intervention_paper((response_prefix or "") + completion.text)
+        else:
+            echoed = interventions.echoed_blocks(problem.problem, problem.reference_solution, rollout.text,
+                                                 *(response for _, response in self.prompt.examples))
+            parsed = parse_candidate(completion, rollout, omitted, response_prefix, echoed)
         if parsed.status == interventions.OK and await leaks(self.flow, parsed.content, gold, self.faithful):
             parsed = leak(parsed, gold)
         rec = self.records[request.id] = to_candidate(request, completion, rollout, parsed, solve_output,
-                                                      omitted is not None, self.prompt.response_prefix)
+                                                      omitted is not None, response_prefix, rollout.rollout_id)
         if rec.parse_status == "ok":
             self.on_parsed(rec)
-        elif rec.parse_status != "request_failed":
+            return
+        if rec.parse_status != "request_failed":
             self.flow.reject("propose", rec.candidate_id, rec.problem_id, rec.parse_status, rec.parse_detail or "")
+        if self.on_unusable is not None:
+            self.on_unusable(rec)
+
+    def prompt_rows(self) -> list[ProposerPromptRow]:
+        """``proposer_prompts.parquet``: the chat each rollout's m proposer samples were sent,
+        once per rollout, in canonical order (problem, rollout index)."""
+        return sorted(self.prompts.values(), key=lambda p: (self.order[p.problem_id], p.rollout_index))
 
     def rows(self) -> list[Candidate]:
         """``candidates.parquet`` in its canonical order: problem, rollout, candidate index."""

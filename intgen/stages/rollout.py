@@ -42,14 +42,17 @@ def build_requests(problems: list[Problem], k: int, sampling: Sampling, system_p
     return out
 
 
-def to_record(request: Request, completion: Completion, verdict: Verdict) -> Rollout:
+def to_record(request: Request, completion: Completion, verdict: Verdict, faithful: bool = False) -> Rollout:
     """One ``rollouts.parquet`` row. A rollout *failed* when its verdict is ``wrong`` or
-    ``no_answer`` (docs/pipeline.md); ``ungradable`` ones are neither passed nor failed."""
+    ``no_answer`` (docs/pipeline.md); ``ungradable`` ones are neither passed nor failed (in
+    faithful mode the grader never says ``ungradable``: the paper scored those 0, so they
+    are ``wrong``, docs/faithful.md item 4). ``num_steps`` counts the steps of the mode's
+    split (faithful: empty chunks included, item 1)."""
     return Rollout(
         rollout_id=request.id, problem_id=request.meta["problem_id"], rollout_index=request.meta["rollout_index"],
         seed=request.seed, text=completion.text, finish_reason=completion.finish_reason,
         extracted_answer=verdict.extracted, verdict=verdict.status, verdict_reason=verdict.reason,
-        failed=verdict.status in FAILED, num_steps=len(split_steps(completion.text)),
+        failed=verdict.status in FAILED, num_steps=len(split_steps(completion.text, keep_empty=faithful)),
         prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens)
 
 
@@ -63,13 +66,14 @@ class RolloutStage:
         k, sampling, system_prompt, run_seed: from the job spec.
         order: problem id -> its position in the run (the table's canonical order).
         on_failed: the next stage's ``add``.
+        faithful: count steps with the paper's split (``num_steps``).
     """
 
     name = "rollout"
 
     def __init__(self, flow: Flow, k: int, sampling: Sampling, system_prompt: str | None, run_seed: int,
-                 order: dict[str, int], on_failed: Callable[[Rollout], None]):
-        self.flow, self.k, self.sampling = flow, k, sampling
+                 order: dict[str, int], on_failed: Callable[[Rollout], None], faithful: bool = False):
+        self.flow, self.k, self.sampling, self.faithful = flow, k, sampling, faithful
         self.system_prompt, self.run_seed, self.order = system_prompt, run_seed, order
         self.on_failed = on_failed
         self.records: dict[str, Rollout] = {}
@@ -81,10 +85,10 @@ class RolloutStage:
     def _done(self, request: Request, completion: Completion, verdict: Verdict | None) -> None:
         if verdict is None:  # failed or aborted: the executor recorded the reject
             return
-        rec = self.records[request.id] = to_record(request, completion, verdict)
+        rec = self.records[request.id] = to_record(request, completion, verdict, self.faithful)
         if not rec.failed:
             return
-        if rec.num_steps == 0:
+        if not rec.text.strip():  # no step in either mode's split worth intervening on
             self.flow.reject("propose", rec.rollout_id, rec.problem_id, "empty_trace", "the failed rollout has no text")
             return
         self.on_failed(rec)

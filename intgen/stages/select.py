@@ -67,7 +67,8 @@ def select(rows: list[Any], per_rollout: str) -> set[str]:
 
 def interventions(spec: Any, prompt: ProposerPrompt, problems: dict[str, Problem], rollouts: dict[str, Rollout],
                   candidates: list[Candidate], checks: dict[str, CheckResult],
-                  baselines: dict[tuple[str, int], list[str]], check_rows: list[Continuation]) -> list[Intervention]:
+                  baselines: dict[tuple[str, int], list[str]], check_rows: list[Continuation],
+                  not_checked: dict[str, str] | None = None) -> list[Intervention]:
     """One row per parsed candidate (``ok`` or ``answer_leak``), in ``candidates``' order,
     with its decision and ``selected`` flag set.
 
@@ -76,7 +77,10 @@ def interventions(spec: Any, prompt: ProposerPrompt, problems: dict[str, Problem
         candidates: the candidate records in canonical order; checks: candidate id -> its
             check result; baselines: (rollout id, location) -> baseline verdicts; check_rows:
             the check continuations (their tokens are summed per candidate).
+        not_checked: faithful mode: candidate id -> why the check stage did not check it
+            (:meth:`intgen.stages.check.CheckStage.not_checked`); its ``reject_reason``.
     """
+    not_checked = not_checked or {}
     check_tokens: dict[str, int] = defaultdict(int)
     for c in check_rows:
         check_tokens[c.candidate_id] += c.completion_tokens
@@ -88,7 +92,7 @@ def interventions(spec: Any, prompt: ProposerPrompt, problems: dict[str, Problem
         cid = c.candidate_id
         roll = rollouts[c.rollout_id]
         problem = problems[c.problem_id]
-        steps = split_steps(roll.text)
+        steps = split_steps(roll.text, keep_empty=spec.faithful)
         state = checks.get(cid)
         verdicts = state.ordered() if state is not None else []
         bverdicts = baselines.get((c.rollout_id, c.location))
@@ -102,6 +106,8 @@ def interventions(spec: Any, prompt: ProposerPrompt, problems: dict[str, Problem
             reason = None
         elif state is not None and state.stopped == "gave_up":
             reason = "gave_up"
+        elif cid in not_checked:
+            reason = not_checked[cid]
         else:
             reason = "too_few_correct" if verdicts else "no_check_samples"
         rows.append(Intervention(
@@ -116,16 +122,18 @@ def interventions(spec: Any, prompt: ProposerPrompt, problems: dict[str, Problem
             rollout_id=roll.rollout_id, rollout_index=roll.rollout_index, rollout_seed=roll.seed,
             failed_trace=roll.text, failed_answer=roll.extracted_answer, failed_verdict=roll.verdict,
             steps=steps, num_steps=len(steps), candidate_index=c.candidate_index, candidate_seed=c.seed,
-            location=c.location, original_step=steps[c.location - 1], intervention=c.intervention,
+            location=c.location, original_step=steps[c.location - 1] if 1 <= c.location <= len(steps) else None,
+            intervention=c.intervention,
             target=state.target if state is not None else build_target(steps, c.location, c.intervention,
-                                                                         double_newlines=spec.faithful),
+                                                                         double_newlines=spec.faithful,
+                                                                         any_location=spec.faithful),
             solve_output=c.solve_output, proposer_output=c.raw_output,
             policy_model=spec.model, proposer_model=spec.proposer_model, system_prompt=spec.system_prompt,
             sampling=sampling_json, prompt_name=prompt.name, prompt_sha256=prompt.sha256, run_seed=spec.seed,
             faithful=spec.faithful, intgen_version=intgen.__version__,
             rollout_completion_tokens=roll.completion_tokens, proposer_prompt_tokens=c.prompt_tokens,
             proposer_completion_tokens=c.completion_tokens, check_completion_tokens=check_tokens.get(cid, 0),
-            check_stopped=state.stopped if state is not None else None))
+            check_stopped=state.stopped if state is not None else None, proposer_prompt_id=c.proposer_prompt_id))
     chosen = select(rows, spec.select.per_rollout)
     for row in rows:
         row.selected = row.candidate_id in chosen
