@@ -14,7 +14,7 @@ import sys
 from intgen import __version__
 
 #: modules that provide subcommands, in the order ``--help`` lists them
-COMMANDS = ["intgen.commands.generate", "intgen.commands.plan", "intgen.commands.pipelines", "intgen.commands.inspect", "intgen.commands.export", "intgen.commands.eval",
+COMMANDS = ["intgen.commands.generate", "intgen.commands.plan", "intgen.commands.pipelines", "intgen.commands.inspect", "intgen.commands.export", "intgen.commands.merge", "intgen.commands.eval",
             "intgen.commands.train"]
 
 

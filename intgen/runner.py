@@ -30,6 +30,7 @@ from intgen.stages.check import CheckStage
 from intgen.stages.propose import ProposeStage
 from intgen.stages.rollout import RolloutStage
 from intgen.stages.select import interventions, sft_rows
+from intgen.shards import Shard, ShardRejects, check_shard_folder, write_shard_file
 from intgen.store import STORE_NAME, SampleStore
 
 _REJECT_ORDER = {s: i for i, s in enumerate(("load",) + GENERATE_STAGES)}
@@ -50,7 +51,7 @@ class RunResult:
 
 async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
                         proposer_backend: Backend | None = None, progress: bool = True, close: bool = True,
-                        grader: GradingPool | None = None) -> RunResult:
+                        grader: GradingPool | None = None, shard: Shard | None = None) -> RunResult:
     """:func:`run_job` inside a running event loop. With ``close=False`` the backends stay
     open, so one engine can serve several jobs in one loop (the tests share one vLLM engine).
     A given ``grader`` is used and left open; by default a pool is made from ``spec.grading``."""
@@ -72,11 +73,12 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
                            "continues turns (vllm, or a server with backend.continuation=completions)")
     check_out_dir(Path(out_dir))
     with run_lock(Path(out_dir), "generate"):
-        return await _run_locked(spec, out_dir, prompt, policy, proposer, progress, close, grader)
+        check_shard_folder(Path(out_dir), shard)
+        return await _run_locked(spec, out_dir, prompt, policy, proposer, progress, close, grader, shard)
 
 
 async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: Backend, proposer: Backend,
-                      progress: bool, close: bool, grader: GradingPool | None) -> RunResult:
+                      progress: bool, close: bool, grader: GradingPool | None, shard: Shard | None) -> RunResult:
     out, resumed = open_run_dir(spec, out_dir)
     x = spec.executor
     store = SampleStore(out / STORE_NAME, x.store_group_size, x.store_group_ms)
@@ -84,6 +86,8 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
     grader = grader or GradingPool(spec.grading.workers, spec.grading.timeout_s)
     info: dict[str, Any] = {"resumed": resumed, "prompt": {"name": prompt.name, "path": prompt.path,
                                                            "sha256": prompt.sha256}}
+    if shard is not None:
+        info["shard"] = {"index": shard.index, "count": shard.count}
 
     def manifest(status: str = "running") -> None:
         write_manifest(out, spec, status=status, complete=status == "complete", stages=ex.status(),
@@ -95,7 +99,13 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
     try:
         ex.add_engine("policy", policy, spec.model)
         ex.add_engine("proposer", proposer, spec.proposer_model)
-        problems = load_problems(spec, ex)
+        if shard is None:
+            problems = load_problems(spec, ex)
+        else:  # the spec's limits first, then this shard's problems (intgen/shards.py)
+            loaded = load_problems(spec, ShardRejects(ex, shard))
+            positions = [i for i, p in enumerate(loaded) if shard.owns(p.problem_id)]
+            problems = [loaded[i] for i in positions]
+            write_shard_file(out, shard, spec.resolved(), positions, len(loaded))
         tables.write_parquet(problems, tables.PROBLEMS, out / "problems.parquet")
         manifest()
         await ex.prepare()
@@ -166,7 +176,8 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
 
 
 def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
-            proposer_backend: Backend | None = None, progress: bool = True, grader: GradingPool | None = None) -> RunResult:
+            proposer_backend: Backend | None = None, progress: bool = True, grader: GradingPool | None = None,
+            shard: Shard | None = None) -> RunResult:
     """Run a whole job and write its run directory (docs/architecture.md; docs/architecture.md).
 
     Grading workers (and vLLM's engine) are started with ``spawn``, so a script that
@@ -182,6 +193,7 @@ def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, ba
             built from the spec. The proposer defaults to the policy backend.
         progress: show a tqdm bar per stage.
         grader: a grading pool to use (and leave open); by default one from ``spec.grading``.
+        shard: run only this shard's problems (:mod:`intgen.shards`; ``--shard i/N``).
 
     Raises:
         FileNotFoundError: a source file or the prompt file is missing.
@@ -193,5 +205,8 @@ def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, ba
         FileExistsError: ``out_dir`` is a file.
         RunDirError: ``out_dir`` is a folder that is not an intgen run and not empty, or
             another intgen process is working in it.
+        ShardError: ``out_dir`` holds another shard than ``shard`` (or a shard when none
+            is asked, or an unsharded run when one is).
     """
-    return asyncio.run(run_job_async(spec, out_dir, spec_dir, backend, proposer_backend, progress, grader=grader))
+    return asyncio.run(run_job_async(spec, out_dir, spec_dir, backend, proposer_backend, progress, grader=grader,
+                                     shard=shard))
