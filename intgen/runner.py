@@ -12,10 +12,10 @@ import asyncio
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence, Union
 
 from intgen import tables
-from intgen.backends import Backend, BackendError, Sampling, make_backend
+from intgen.backends import Backend, BackendError, Sampling, make_engines
 from intgen.config import JobSpec, SimSpec
 from intgen.executor import Executor
 from intgen.grading_pool import GradingPool
@@ -49,8 +49,15 @@ class RunResult:
     failed: int = 0
 
 
-async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
-                        proposer_backend: Backend | None = None, progress: bool = True, close: bool = True,
+Engines = Union[Backend, Sequence[Backend]]
+
+
+def _listed(engines: Engines) -> list[Backend]:
+    return [engines] if isinstance(engines, Backend) else list(engines)
+
+
+async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Engines | None = None,
+                        proposer_backend: Engines | None = None, progress: bool = True, close: bool = True,
                         grader: GradingPool | None = None, shard: Shard | None = None) -> RunResult:
     """:func:`run_job` inside a running event loop. With ``close=False`` the backends stay
     open, so one engine can serve several jobs in one loop (the tests share one vLLM engine).
@@ -59,10 +66,12 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
     prompt = load_prompt(spec.propose.prompt)  # a broken prompt file stops the run before any model call
     check_model_name(spec.model)
     check_model_name(spec.proposer_model)
-    policy = backend or make_backend(spec.backend, spec.model)
+    # executor.engines engines per model (docs/scale.md); given backends are used as they are
+    policies = _listed(backend) if backend is not None else make_engines(spec.backend, spec.model, spec.executor)
     if proposer_backend is None and (spec.proposer.backend is not None or spec.proposer.model not in (None, spec.model)):
-        proposer_backend = make_backend(spec.proposer_backend, spec.proposer_model)
-    proposer = proposer_backend or policy
+        proposer_backend = make_engines(spec.proposer_backend, spec.proposer_model, spec.executor)
+    proposers = _listed(proposer_backend) if proposer_backend is not None else policies
+    policy, proposer = policies[0], proposers[0]
     if not policy.can_continue:
         raise BackendError("the check stage continues an unfinished assistant turn, which this policy backend cannot "
                            "do; use a backend that can (vllm, or a server with backend.continuation=completions or "
@@ -74,11 +83,14 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
     check_out_dir(Path(out_dir))
     with run_lock(Path(out_dir), "generate"):
         check_shard_folder(Path(out_dir), shard)
-        return await _run_locked(spec, out_dir, prompt, policy, proposer, progress, close, grader, shard)
+        return await _run_locked(spec, out_dir, prompt, policies, proposers, progress, close, grader, shard)
 
 
-async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: Backend, proposer: Backend,
-                      progress: bool, close: bool, grader: GradingPool | None, shard: Shard | None) -> RunResult:
+async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policies: list[Backend],
+                      proposers: list[Backend], progress: bool, close: bool, grader: GradingPool | None,
+                      shard: Shard | None) -> RunResult:
+    policy, proposer = policies[0], proposers[0]
+    engines = list({id(b): b for b in policies + proposers}.values())
     out, resumed = open_run_dir(spec, out_dir)
     x = spec.executor
     store = SampleStore(out / STORE_NAME, x.store_group_size, x.store_group_ms)
@@ -92,13 +104,17 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
     def manifest(status: str = "running") -> None:
         write_manifest(out, spec, status=status, complete=status == "complete", stages=ex.status(),
                        failed_requests=ex.failed_requests, schedule=x.schedule,
-                       backends={"policy": policy.describe(), "proposer": proposer.describe()}, **info)
+                       backends={"policy": policy.describe(), "proposer": proposer.describe()},
+                       executor={"kind": x.kind, "engines": {"policy": len(policies), "proposer": len(proposers)}},
+                       **info)
 
     ex = Executor(GENERATE_STAGES, store, grader, progress=progress, schedule=x.schedule, slice_size=x.slice,
                   window=x.window, on_status=manifest)
     try:
-        ex.add_engine("policy", policy, spec.model)
-        ex.add_engine("proposer", proposer, spec.proposer_model)
+        for b in policies:
+            ex.add_engine("policy", b, spec.model)
+        for b in proposers:
+            ex.add_engine("proposer", b, spec.proposer_model)
         if shard is None:
             problems = load_problems(spec, ex)
         else:  # the spec's limits first, then this shard's problems (intgen/shards.py)
@@ -155,7 +171,7 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
                  "check_stopped": dict(sorted(Counter(r.check_stopped for r in rows if r.check_stopped).items())),
                  "grading": {"cache_hits": grader.hits, "cache_misses": grader.misses},
                  "reused_samples": sum(st.from_store for st in ex.stages.values()),
-                 "ledger": ledger(out, ex.stages, engines=len({id(policy), id(proposer)}), span=ex.engine_span),
+                 "ledger": ledger(out, ex.stages, engines=len(engines), span=ex.engine_span),
                  "failed_requests": {k: st.failed + st.aborted for k, st in ex.stages.items()},
                  "rejected_requests": {k: st.rejected for k, st in ex.stages.items()},
                  # per engine: wall seconds spent at each number of requests in flight (index) while requests
@@ -170,13 +186,12 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
         if not grader_given:
             grader.close()
         if close:
-            await policy.close()
-            if proposer is not policy:
-                await proposer.close()
+            for b in engines:
+                await b.close()
 
 
-def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
-            proposer_backend: Backend | None = None, progress: bool = True, grader: GradingPool | None = None,
+def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Engines | None = None,
+            proposer_backend: Engines | None = None, progress: bool = True, grader: GradingPool | None = None,
             shard: Shard | None = None) -> RunResult:
     """Run a whole job and write its run directory (docs/architecture.md; docs/architecture.md).
 
@@ -189,8 +204,9 @@ def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, ba
         out_dir: the run directory; a run there made with the same spec is resumed: samples
             answered before come from its store, the rest are generated.
         spec_dir: the spec file's folder, for relative paths in the spec.
-        backend / proposer_backend: ready backends (tests inject the fake); by default
-            built from the spec. The proposer defaults to the policy backend.
+        backend / proposer_backend: ready backends, or lists of them (one per engine; tests
+            inject the fake); by default ``executor.engines`` of each, built from the spec
+            (:func:`intgen.backends.make_engines`). The proposer defaults to the policy's engines.
         progress: show a tqdm bar per stage.
         grader: a grading pool to use (and leave open); by default one from ``spec.grading``.
         shard: run only this shard's problems (:mod:`intgen.shards`; ``--shard i/N``).
