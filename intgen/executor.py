@@ -126,13 +126,14 @@ class _Lane:
     model: str
     queues: dict[str, deque] = field(default_factory=dict)
     in_flight: int = 0
+    n_queued: int = 0  # requests in the queues (kept as a count: read on every send and refill)
     started: bool = False
     starting: asyncio.Future | None = None
     hist: list[float] = field(default_factory=list)  # seconds spent at each in-flight count while work remained
     last_change: float | None = None
 
     def queued(self) -> int:
-        return sum(len(q) for q in self.queues.values())
+        return self.n_queued
 
 
 class Executor:
@@ -263,6 +264,7 @@ class Executor:
                 self._deliver(it, c)
             else:
                 st.queued += 1
+                lane.n_queued += 1
                 queue.append(it)
         self._wakeup()
         return [it.request for it in items]
@@ -380,6 +382,7 @@ class Executor:
         for stage in reversed(self.order):  # nearer the end of the pipeline first
             q = lane.queues.get(stage)
             if q and self._allowed(stage, q[0]):
+                lane.n_queued -= 1
                 return q.popleft()
         return None
 
