@@ -191,6 +191,10 @@ def _load_shards(runs: Iterable[str | Path]) -> list[tuple[Path, dict, dict]]:
                     if a.get(k) != b.get(k) and k not in NEUTRAL_KEYS]
             raise ShardError(f"{run} is a foreign shard: it was made with another spec than {reference[0]} "
                              f"({'; '.join(diff[:5]) or 'its job.yaml was changed after the run'})")
+        for name in [f"{t}.parquet" for t in TABLES] + ["stats.json"]:
+            if not (run / name).exists():
+                raise ShardError(f"shard {info['index']}/{info['count']} in {run} has no {name}; resume the shard "
+                                 "to write it, then merge again")
         if info["index"] in found:
             raise ShardError(f"shard {info['index']}/{count} is given twice: {found[info['index']][0]} and {run}")
         found[info["index"]] = (run, info, manifest)
@@ -298,7 +302,8 @@ def _merge_stores(folders: list[Path], dest: Path) -> int:
 
 
 def merge_runs(runs: Iterable[str | Path], out_dir: str | Path) -> MergeResult:
-    """Merge the shards of one run into ``out_dir`` (module docstring).
+    """Merge the shards of one run into ``out_dir`` (module docstring); a merge that fails
+    removes what it wrote, so it can be run again into the same folder.
 
     Args:
         runs: the shard folders (any order; every shard ``0..N-1`` exactly once).
@@ -312,8 +317,7 @@ def merge_runs(runs: Iterable[str | Path], out_dir: str | Path) -> MergeResult:
             *foreign* shard), or a shard is missing or given twice; the message names it.
         RunDirError: ``out_dir`` is not empty, or is in use.
     """
-    from intgen.rundir import RunDirError, check_out_dir, run_lock, write_stats, versions
-    from intgen.config import JobSpec
+    from intgen.rundir import RunDirError, check_out_dir, run_lock
 
     out = Path(out_dir)
     shards = _load_shards(runs)
@@ -324,38 +328,48 @@ def merge_runs(runs: Iterable[str | Path], out_dir: str | Path) -> MergeResult:
     if any(out.resolve() == f.resolve() for f in folders):
         raise RunDirError(f"--out {out} is one of the shards; merge into a new or empty folder")
     with run_lock(out, "merge"):
-        shutil.copyfile(folders[0] / "job.yaml", out / ".job.yaml.tmp")
-        position: dict[str, int] = {}
-        for folder, info, _ in shards:
-            pids = pq.read_table(folder / "problems.parquet", columns=["problem_id"]).column(0).to_pylist()
-            if len(pids) != len(info["positions"]):
-                raise ShardError(f"{folder}: problems.parquet has {len(pids)} problems, {SHARD_FILE} lists "
-                                 f"{len(info['positions'])}; the shard folder was changed after its run")
-            position.update(zip(pids, info["positions"]))
-        for name in TABLES:
-            parts = []
-            for folder in folders:
-                path = folder / f"{name}.parquet"
-                if not path.exists():
-                    raise ShardError(f"{folder} has no {name}.parquet; resume the shard to write it")
-                parts.append(pq.read_table(path))
-            t = _sorted_table(name, parts, position)
-            tables._atomic_write(out / f"{name}.parquet", lambda tmp, t=t: pq.write_table(t, tmp))
-        _merge_stores(folders, out / STORE_NAME)
-        stats = _merge_stats([_read(f / "stats.json", "stats.json") for f in folders])
-        write_stats(out, stats)
-        plans = [_read(f / "plan.json", "plan.json") for f in folders if (f / "plan.json").exists()]
-        if plans:
-            plan = _sum(plans)
-            for key in ("funnel", "engine", "counted_with"):
-                plan[key] = plans[0].get(key)
-            tables.write_json(plan, out / "plan.json")
-        import yaml
+        try:
+            return _merge_locked(shards, folders, out)
+        except BaseException:  # leave the folder as it was (empty), so the merge can be run again
+            for name in [f"{t}.parquet" for t in TABLES] + [STORE_NAME, STORE_NAME + "-wal", STORE_NAME + "-shm",
+                                                            "stats.json", "plan.json", "manifest.json", ".job.yaml.tmp"]:
+                (out / name).unlink(missing_ok=True)
+            raise
 
-        with open(folders[0] / "job.yaml", encoding="utf-8") as f:
-            spec = JobSpec.model_validate(yaml.safe_load(f))
-        manifest = _merge_manifests([m for _, _, m in shards], folders)
-        tables.write_json({"spec_fingerprint": spec.fingerprint(), "versions": versions(), **manifest},
-                          out / "manifest.json")
-        (out / ".job.yaml.tmp").replace(out / "job.yaml")  # last: the folder is a run once everything is in it
+
+def _merge_locked(shards: list[tuple[Path, dict, dict]], folders: list[Path], out: Path) -> MergeResult:
+    from intgen.config import JobSpec
+    from intgen.rundir import versions, write_stats
+
+    shutil.copyfile(folders[0] / "job.yaml", out / ".job.yaml.tmp")
+    position: dict[str, int] = {}
+    for folder, info, _ in shards:
+        pids = pq.read_table(folder / "problems.parquet", columns=["problem_id"]).column(0).to_pylist()
+        if len(pids) != len(info["positions"]):
+            raise ShardError(f"{folder}: problems.parquet has {len(pids)} problems, {SHARD_FILE} lists "
+                             f"{len(info['positions'])}; the shard folder was changed after its run")
+        position.update(zip(pids, info["positions"]))
+    for name in TABLES:
+        parts = []
+        for folder in folders:
+            parts.append(pq.read_table(folder / f"{name}.parquet"))
+        t = _sorted_table(name, parts, position)
+        tables._atomic_write(out / f"{name}.parquet", lambda tmp, t=t: pq.write_table(t, tmp))
+    _merge_stores(folders, out / STORE_NAME)
+    stats = _merge_stats([_read(f / "stats.json", "stats.json") for f in folders])
+    write_stats(out, stats)
+    plans = [_read(f / "plan.json", "plan.json") for f in folders if (f / "plan.json").exists()]
+    if plans:
+        plan = _sum(plans)
+        for key in ("funnel", "engine", "counted_with"):
+            plan[key] = plans[0].get(key)
+        tables.write_json(plan, out / "plan.json")
+    import yaml
+
+    with open(folders[0] / "job.yaml", encoding="utf-8") as f:
+        spec = JobSpec.model_validate(yaml.safe_load(f))
+    manifest = _merge_manifests([m for _, _, m in shards], folders)
+    tables.write_json({"spec_fingerprint": spec.fingerprint(), "versions": versions(), **manifest},
+                      out / "manifest.json")
+    (out / ".job.yaml.tmp").replace(out / "job.yaml")  # last: the folder is a run once everything is in it
     return MergeResult(out, stats.get("funnel", {}), folders)

@@ -141,6 +141,9 @@ def test_a_foreign_shard_is_named(shards, grader, capsys):
 
 
 def test_an_incomplete_shard_is_named(shards):
+    (shards / "shard-2" / "sft.parquet").unlink()
+    with pytest.raises(ShardError, match=r"shard 2/3 in .*shard-2 has no sft.parquet"):
+        merge_runs([shards / f"shard-{i}" for i in range(3)], shards / "merged")
     path = shards / "shard-1" / "manifest.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "status": "running"}))
     with pytest.raises(ShardError, match=r"shard 1/3 in .*shard-1 is not complete \(it was stopped"):

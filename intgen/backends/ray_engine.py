@@ -119,17 +119,20 @@ class RayEngine(Backend):
         max_restarts: restarts of a dead actor before the run stops.
         name: the engine's name in logs and the manifest.
         address, cluster_cpus: where :func:`connect` finds or starts the cluster.
+        kind, engine_args: the backend kind and ``backend.engine_args``, for :func:`gpus_per_engine`.
     """
 
     def __init__(self, factory: Factory, local: Backend | None = None, *, num_cpus: float = 0.0,
                  num_gpus: float | None = 0.0, max_restarts: int = 3, name: str = "engine-0",
-                 address: str | None = None, cluster_cpus: int | None = None, engines: int = 1):
+                 address: str | None = None, cluster_cpus: int | None = None, engines: int = 1,
+                 kind: str = "", engine_args: dict[str, Any] | None = None):
         self.factory = factory
         self.local = local if local is not None else factory()
         self.options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts,
                         "max_task_retries": -1}
         self.name = name
         self.address, self.cluster_cpus, self.engines = address, cluster_cpus, engines
+        self.kind, self.engine_args = kind, dict(engine_args or {})
         self.actor: Any = None
         self.pid: int | None = None
         self.can_continue = self.local.can_continue
@@ -160,10 +163,8 @@ class RayEngine(Backend):
 
         connect(self.address, self.cluster_cpus, self.engines, self.options["num_cpus"] or 0)
         if self.options["num_gpus"] is None:
-            spec = getattr(self.local, "spec", None)
-            self.options["num_gpus"] = gpus_per_engine(
-                "vllm" if type(self.local).__name__ == "VLLMBackend" else "other",
-                getattr(spec, "engine_args", {}) or {}, ray.cluster_resources().get("GPU", 0))
+            self.options["num_gpus"] = gpus_per_engine(self.kind, self.engine_args,
+                                                       ray.cluster_resources().get("GPU", 0))
         self.actor = _actor_class().options(name=None, **self.options).remote(self.factory)
         try:
             self.pid = await self.actor.start.remote()
@@ -234,5 +235,6 @@ def ray_engines(spec: Any, model: str, executor: Any) -> list[Backend]:
     local = make_backend(spec, model)  # one, shared: it only renders and counts prompts on the driver
     return [RayEngine(factory, local, num_cpus=r.cpus_per_engine,
                       num_gpus=r.gpus_per_engine, max_restarts=r.max_restarts, name=f"engine-{i}", address=r.address,
-                      cluster_cpus=r.num_cpus, engines=executor.engines)
+                      cluster_cpus=r.num_cpus, engines=executor.engines, kind=spec.kind,
+                      engine_args=spec.engine_args)
             for i in range(executor.engines)]
