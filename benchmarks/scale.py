@@ -1,15 +1,16 @@
 """Data-parallel engines (issue 16; docs/scale.md): scaling on the simulated engine, and the
 cost of dispatching through Ray actors.
 
-    .venv/bin/python benchmarks/scale.py                   # 1,000 problems on 1, 2, 4, 8 engines; about 8 minutes
-    .venv/bin/python benchmarks/scale.py --problems 250 --ray-requests 2000
+    .venv/bin/python benchmarks/scale.py                   # 1,000 problems on 1, 2, 4, 8 engines
+    .venv/bin/python benchmarks/scale.py --problems 250 --ray-requests 2000 --jobs 1
 
 1. The paper's setup (k = 4, m = 4, r = 32, the full proposer prompt with its solve turn,
    16,384 new tokens) on synthetic problems, run through ``intgen generate`` on 1, 2, 4 and
    8 simulated engines with their fixed defaults (``backend.kind=sim``, ``executor.engines=N``:
    one virtual clock, the streaming scheduler dispatching to N engines, route keys kept on
    one engine). Printed per N: virtual wall time, scaling efficiency time(1) / (N x time(N)),
-   mean engine occupancy, and a check that every N takes the same decisions.
+   mean engine occupancy, and a check that every N takes the same decisions. ``--jobs``
+   runs (default 2) go at once, each in its own process; virtual times do not depend on it.
 2. Ray's overhead per request on this machine: the same requests through the executor to the
    scripted fake backend (no delay) in this process, on 1 Ray actor and on 2 Ray actors (a
    local Ray cluster); the overhead is the wall time per request above the in-process run.
@@ -22,7 +23,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import hashlib
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,21 +48,53 @@ from intgen.executor import Executor  # noqa: E402
 from intgen.runner import run_job  # noqa: E402
 
 
-def sim_run(folder: Path, problems: Path, engines: int) -> tuple[float, float, set[str], float]:
-    """(virtual seconds, mean occupancy, accepted candidate ids, real seconds) of one run."""
+def sim_run(folder: Path, problems: Path, engines: int) -> dict:
+    """One run on ``engines`` simulated engines: virtual seconds, mean occupancy, the accepted
+    candidates (count and a hash of their ids), real and CPU seconds of this process."""
     spec = load_spec(None, ["backend.kind=sim", "grading.workers=1", f"executor.engines={engines}"], data={
         "name": f"engines-{engines}", "source": {"path": str(problems)},
         "propose": {"prompt": str(ROOT / "prompts/int-propose.yaml"), "m": 4},
         "rollout": {"k": 4}, "check": {"r": 32}, "sampling": {"max_tokens": 16384}})
     backends = make_engines(spec.backend, spec.model, spec.executor)
     out = folder / spec.name
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run_job(spec, out, backend=backends, progress=False)
-    real = time.perf_counter() - start
+    real, cpu = time.perf_counter() - start, time.process_time() - cpu
     wall = backends[0].clock.now
     occupancy = sum(b.area for b in backends) / (wall * engines * backends[0].spec.max_running)
-    accepted = {r["candidate_id"] for r in pq.read_table(out / "interventions.parquet").to_pylist() if r["accepted"]}
-    return wall, occupancy, accepted, real
+    accepted = sorted(r["candidate_id"] for r in pq.read_table(out / "interventions.parquet").to_pylist()
+                      if r["accepted"])
+    shutil.rmtree(out, ignore_errors=True)
+    return {"engines": engines, "wall": wall, "occupancy": occupancy, "accepted": len(accepted),
+            "accepted_sha": hashlib.sha256("\n".join(accepted).encode()).hexdigest(), "real": real, "cpu": cpu}
+
+
+def sim_runs(folder: Path, problems: Path, counts: list[int], jobs: int):
+    """Yield :func:`sim_run`'s result for each engine count, in order, running ``jobs`` of
+    them at once, each in its own process (the virtual times do not depend on it)."""
+    if jobs <= 1:
+        for n in counts:
+            yield sim_run(folder, problems, n)
+        return
+    procs: dict[int, subprocess.Popen] = {}
+    pending = list(counts)
+
+    def launch() -> None:
+        while pending and sum(p.poll() is None for p in procs.values()) < jobs:
+            n = pending.pop(0)
+            procs[n] = subprocess.Popen([sys.executable, __file__, "--one", str(n), "--problems-file", str(problems),
+                                         "--keep", str(folder)], stdout=subprocess.PIPE, text=True)
+
+    for n in counts:
+        launch()
+        while procs.get(n) is None:
+            launch()
+            time.sleep(0.5)
+        out, _ = procs[n].communicate()
+        if procs[n].returncode:
+            raise SystemExit(f"the run on {n} engines failed (exit {procs[n].returncode})")
+        launch()
+        yield json.loads(out.strip().splitlines()[-1])
 
 
 def _reply(request: Request) -> str:
@@ -110,8 +146,14 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=1000)
     ap.add_argument("--engines", default="1,2,4,8", help="engine counts (the first is the reference)")
     ap.add_argument("--ray-requests", type=int, default=5000, help="requests of the Ray overhead measurement")
+    ap.add_argument("--jobs", type=int, default=2, help="simulated runs at once, each in its own process (default 2)")
     ap.add_argument("--keep", help="keep the run folders here")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: one run, its result as JSON
+    ap.add_argument("--problems-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.one:
+        print(json.dumps(sim_run(Path(args.keep), Path(args.problems_file), args.one)))
+        return
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="intgen-scale-"))
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -119,16 +161,17 @@ def main() -> None:
     pf = problems_file(folder, args.problems)
     print(f"the paper's setup on simulated engines: {args.problems} problems, k=4, m=4, r=32, 16,384 new tokens; "
           "each engine: 256 sequences, step 8 ms + 0.094 ms x running, prefill 0.02 ms/token")
-    print(f"  {'engines':>7} {'virtual wall':>13} {'speed-up':>9} {'efficiency':>11} {'occupancy':>10} {'real s':>7}")
+    print(f"  {'engines':>7} {'virtual wall':>13} {'speed-up':>9} {'efficiency':>11} {'occupancy':>10} {'real s':>7} "
+          f"{'CPU s':>6}")
     results = {}
-    for n in counts:
-        wall, occ, accepted, real = sim_run(folder, pf, n)
-        results[n] = (wall, accepted)
-        base = results[counts[0]][0] * counts[0]
-        print(f"  {n:>7} {wall / 3600:>11.2f} h {base / wall:>9.2f} {base / (n * wall):>11.3f} {occ:>10.3f} "
-              f"{real:>7.0f}", flush=True)
-        assert accepted == results[counts[0]][1], "every engine count must take the same decisions"
-    print(f"  same decisions on every engine count: yes ({len(results[counts[0]][1])} accepted)")
+    for res in sim_runs(folder, pf, counts, args.jobs):
+        n, wall = res["engines"], res["wall"]
+        results[n] = res
+        base = results[counts[0]]["wall"] * counts[0]
+        print(f"  {n:>7} {wall / 3600:>11.2f} h {base / wall:>9.2f} {base / (n * wall):>11.3f} {res['occupancy']:>10.3f} "
+              f"{res['real']:>7.0f} {res['cpu']:>6.0f}", flush=True)
+        assert res["accepted_sha"] == results[counts[0]]["accepted_sha"], "every engine count must take the same decisions"
+    print(f"  same decisions on every engine count: yes ({results[counts[0]]['accepted']} accepted)")
 
     print(f"\nRay overhead per request ({args.ray_requests} short requests through the executor to the fake backend, "
           "local Ray cluster):")
@@ -142,7 +185,7 @@ def main() -> None:
     over = max(per[k] for k in per if k != "in process") - per["in process"]
     print(f"Ray overhead per request: {1000 * over:.2f} ms (1 and 2 actors, the larger)")
     n = max(counts)
-    print(f"scaling efficiency at {n} engines: {results[counts[0]][0] * counts[0] / (n * results[n][0]):.3f}")
+    print(f"scaling efficiency at {n} engines: {results[counts[0]]['wall'] * counts[0] / (n * results[n]['wall']):.3f}")
 
 
 if __name__ == "__main__":
