@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 from intgen import tables
-from intgen.backends import Backend, BackendError, Sampling, make_engines
+from intgen.backends import Backend, BackendError, Sampling, make_backend, make_engines
 from intgen.config import JobSpec, SimSpec
 from intgen.executor import Executor
 from intgen.grading_pool import GradingPool
@@ -56,6 +56,13 @@ def _listed(engines: Engines) -> list[Backend]:
     return [engines] if isinstance(engines, Backend) else list(engines)
 
 
+def _engines(spec: Any, model: str, executor: Any) -> list[Backend]:
+    """The engines of one model: one backend, or ``executor.engines`` of them (:func:`make_engines`)."""
+    if executor.kind == "local" and executor.engines == 1:
+        return [make_backend(spec, model)]
+    return make_engines(spec, model, executor)
+
+
 async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Engines | None = None,
                         proposer_backend: Engines | None = None, progress: bool = True, close: bool = True,
                         grader: GradingPool | None = None, shard: Shard | None = None) -> RunResult:
@@ -67,9 +74,9 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
     check_model_name(spec.model)
     check_model_name(spec.proposer_model)
     # executor.engines engines per model (docs/scale.md); given backends are used as they are
-    policies = _listed(backend) if backend is not None else make_engines(spec.backend, spec.model, spec.executor)
+    policies = _listed(backend) if backend is not None else _engines(spec.backend, spec.model, spec.executor)
     if proposer_backend is None and (spec.proposer.backend is not None or spec.proposer.model not in (None, spec.model)):
-        proposer_backend = make_engines(spec.proposer_backend, spec.proposer_model, spec.executor)
+        proposer_backend = _engines(spec.proposer_backend, spec.proposer_model, spec.executor)
     proposers = _listed(proposer_backend) if proposer_backend is not None else policies
     policy, proposer = policies[0], proposers[0]
     if not policy.can_continue:
