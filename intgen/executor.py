@@ -23,10 +23,13 @@ Every request that :meth:`Executor.send` returns is delivered to its handler exa
 (answered, failed or aborted), so a stage can join on "all r continuations of a candidate
 are back".
 
-Engines: a *role* (``policy``, ``proposer``) has one or more *lanes*, one engine each;
+Engines: a *role* (``policy``, ``proposer``) has one or more *lanes*, one engine each
+(``executor.engines``: in this process, or Ray actors, docs/scale.md);
 ``send(..., route=key)`` sends every request with one route key to one lane (prefix
-locality: the r continuations of a candidate share a prompt). Each lane has its own queue
-and window.
+locality: the r continuations of a candidate share a prompt, and so do the proposer
+requests of a rollout): the lane with the least work (queued + in flight) when the key is
+first seen, then always that one. Routing comes before priority: each lane has its own
+priority queue and window.
 
 Stage status (``manifest.json``): per stage, requests sent / answered / from the store /
 failed / aborted / not sent, tokens, and the first and last wall-clock times; a stage is
@@ -49,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -124,13 +126,14 @@ class _Lane:
     model: str
     queues: dict[str, deque] = field(default_factory=dict)
     in_flight: int = 0
+    n_queued: int = 0  # requests in the queues (kept as a count: read on every send and refill)
     started: bool = False
     starting: asyncio.Future | None = None
     hist: list[float] = field(default_factory=list)  # seconds spent at each in-flight count while work remained
     last_change: float | None = None
 
     def queued(self) -> int:
-        return sum(len(q) for q in self.queues.values())
+        return self.n_queued
 
 
 class Executor:
@@ -173,6 +176,7 @@ class Executor:
         #: tokens and samples per request kind (``request.meta["stage"]``), for ``stats.json``
         self.ledger: dict[str, dict[str, float]] = {}
         self._roles: dict[str, list[_Lane]] = {}
+        self._routes: dict[tuple[str, str], _Lane] = {}
         self._lanes: list[_Lane] = []
         self._handlers: set[asyncio.Task] = set()
         self._engine_tasks: set[asyncio.Future] = set()
@@ -218,8 +222,8 @@ class Executor:
             role: which engines serve them.
             grade: grade each answered completion against ``request.meta["gold_answer"]``
                 first (the handler gets the :class:`~intgen.grading.Verdict`, else None).
-            route: requests with one route key go to one engine of the role (default: the
-                first request's id).
+            route: requests with one route key go to one engine of the role, the one with
+                the least work when the key is first seen (default: the first request's id).
 
         Returns:
             The requests that will reach the handler (``max_tokens`` clamped to the context
@@ -232,9 +236,11 @@ class Executor:
         lanes = self._roles[role]
         if len(lanes) == 1:
             lane = lanes[0]
-        else:
-            key = route or requests[0].id
-            lane = lanes[int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") % len(lanes)]
+        else:  # a route key stays on the engine that had the least work when the key was first seen
+            key = (role, route or requests[0].id)
+            lane = self._routes.get(key)
+            if lane is None:
+                lane = self._routes[key] = min(lanes, key=lambda l: l.queued() + l.in_flight)
         if st.first_at is None:
             st.first_at = time.time()
         backend = lane.backend
@@ -262,6 +268,7 @@ class Executor:
                 self._deliver(it, c)
             else:
                 st.queued += 1
+                lane.n_queued += 1
                 queue.append(it)
         self._wakeup()
         return [it.request for it in items]
@@ -379,6 +386,7 @@ class Executor:
         for stage in reversed(self.order):  # nearer the end of the pipeline first
             q = lane.queues.get(stage)
             if q and self._allowed(stage, q[0]):
+                lane.n_queued -= 1
                 return q.popleft()
         return None
 

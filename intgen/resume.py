@@ -15,7 +15,9 @@ from typing import Any
 #: keys whose value cannot change what a run computes (dotted; ``*`` matches one level)
 NEUTRAL_KEYS = ("grading.workers", "backend.concurrency", "proposer.backend.concurrency", "executor.window",
                 "backend.prompt_format", "proposer.backend.prompt_format",  # the same ids either way (docs/servers.md)
-                "executor.schedule", "executor.slice", "executor.store_group_size", "executor.store_group_ms")
+                "executor.schedule", "executor.slice", "executor.store_group_size", "executor.store_group_ms",
+                "executor.kind", "executor.engines", "executor.ray.address", "executor.ray.num_cpus",
+                "executor.ray.cpus_per_engine", "executor.ray.gpus_per_engine", "executor.ray.max_restarts")
 #: keys that may grow (None = no limit is the largest)
 GROWABLE_KEYS = ("limit", r"source(\.\d+)?\.limit")
 

@@ -12,10 +12,10 @@ import asyncio
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence, Union
 
 from intgen import tables
-from intgen.backends import Backend, BackendError, Sampling, make_backend
+from intgen.backends import Backend, BackendError, Sampling, make_backend, make_engines
 from intgen.config import JobSpec, SimSpec
 from intgen.executor import Executor
 from intgen.grading_pool import GradingPool
@@ -30,6 +30,7 @@ from intgen.stages.check import CheckStage
 from intgen.stages.propose import ProposeStage
 from intgen.stages.rollout import RolloutStage
 from intgen.stages.select import interventions, sft_rows
+from intgen.shards import Shard, ShardRejects, check_shard_folder, write_shard_file
 from intgen.store import STORE_NAME, SampleStore
 
 _REJECT_ORDER = {s: i for i, s in enumerate(("load",) + GENERATE_STAGES)}
@@ -48,9 +49,23 @@ class RunResult:
     failed: int = 0
 
 
-async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
-                        proposer_backend: Backend | None = None, progress: bool = True, close: bool = True,
-                        grader: GradingPool | None = None) -> RunResult:
+Engines = Union[Backend, Sequence[Backend]]
+
+
+def _listed(engines: Engines) -> list[Backend]:
+    return [engines] if isinstance(engines, Backend) else list(engines)
+
+
+def _engines(spec: Any, model: str, executor: Any) -> list[Backend]:
+    """The engines of one model: one backend, or ``executor.engines`` of them (:func:`make_engines`)."""
+    if executor.kind == "local" and executor.engines == 1:
+        return [make_backend(spec, model)]
+    return make_engines(spec, model, executor)
+
+
+async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Engines | None = None,
+                        proposer_backend: Engines | None = None, progress: bool = True, close: bool = True,
+                        grader: GradingPool | None = None, shard: Shard | None = None) -> RunResult:
     """:func:`run_job` inside a running event loop. With ``close=False`` the backends stay
     open, so one engine can serve several jobs in one loop (the tests share one vLLM engine).
     A given ``grader`` is used and left open; by default a pool is made from ``spec.grading``."""
@@ -58,25 +73,27 @@ async def run_job_async(spec: JobSpec, out_dir: str | Path, spec_dir: Path | Non
     prompt = load_prompt(spec.propose.prompt)  # a broken prompt file stops the run before any model call
     check_model_name(spec.model)
     check_model_name(spec.proposer_model)
-    policy = backend or make_backend(spec.backend, spec.model)
+    # executor.engines engines per model (docs/scale.md); given backends are used as they are
+    policies = _listed(backend) if backend is not None else _engines(spec.backend, spec.model, spec.executor)
     if proposer_backend is None and (spec.proposer.backend is not None or spec.proposer.model not in (None, spec.model)):
-        proposer_backend = make_backend(spec.proposer_backend, spec.proposer_model)
-    proposer = proposer_backend or policy
+        proposer_backend = _engines(spec.proposer_backend, spec.proposer_model, spec.executor)
+    proposers = _listed(proposer_backend) if proposer_backend is not None else policies
+    policy, proposer = policies[0], proposers[0]
+    engines = list({id(b): b for b in policies + proposers}.values())
     _check_continuation(policy, proposer, prompt)
     try:  # a server-backed engine probes the server here and may find it cannot continue a turn (auto modes)
-        await policy.prepare()
-        if proposer is not policy:
-            await proposer.prepare()
+        for b in engines:
+            await b.prepare()
         _check_continuation(policy, proposer, prompt)
     except BaseException:
         if close:
-            await policy.close()
-            if proposer is not policy:
-                await proposer.close()
+            for b in engines:
+                await b.close()
         raise
     check_out_dir(Path(out_dir))
     with run_lock(Path(out_dir), "generate"):
-        return await _run_locked(spec, out_dir, prompt, policy, proposer, progress, close, grader)
+        check_shard_folder(Path(out_dir), shard)
+        return await _run_locked(spec, out_dir, prompt, policies, proposers, progress, close, grader, shard)
 
 
 def _check_continuation(policy: Backend, proposer: Backend, prompt: Any) -> None:
@@ -92,8 +109,11 @@ def _check_continuation(policy: Backend, proposer: Backend, prompt: Any) -> None
                            "continues turns (vllm, or a server with backend.continuation=completions)")
 
 
-async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: Backend, proposer: Backend,
-                      progress: bool, close: bool, grader: GradingPool | None) -> RunResult:
+async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policies: list[Backend],
+                      proposers: list[Backend], progress: bool, close: bool, grader: GradingPool | None,
+                      shard: Shard | None) -> RunResult:
+    policy, proposer = policies[0], proposers[0]
+    engines = list({id(b): b for b in policies + proposers}.values())
     out, resumed = open_run_dir(spec, out_dir)
     x = spec.executor
     store = SampleStore(out / STORE_NAME, x.store_group_size, x.store_group_ms)
@@ -101,18 +121,30 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
     grader = grader or GradingPool(spec.grading.workers, spec.grading.timeout_s)
     info: dict[str, Any] = {"resumed": resumed, "prompt": {"name": prompt.name, "path": prompt.path,
                                                            "sha256": prompt.sha256}}
+    if shard is not None:
+        info["shard"] = {"index": shard.index, "count": shard.count}
 
     def manifest(status: str = "running") -> None:
         write_manifest(out, spec, status=status, complete=status == "complete", stages=ex.status(),
                        failed_requests=ex.failed_requests, schedule=x.schedule,
-                       backends={"policy": policy.describe(), "proposer": proposer.describe()}, **info)
+                       backends={"policy": policy.describe(), "proposer": proposer.describe()},
+                       executor={"kind": x.kind, "engines": {"policy": len(policies), "proposer": len(proposers)}},
+                       **info)
 
     ex = Executor(GENERATE_STAGES, store, grader, progress=progress, schedule=x.schedule, slice_size=x.slice,
                   window=x.window, on_status=manifest, faithful=spec.faithful)
     try:
-        ex.add_engine("policy", policy, spec.model)
-        ex.add_engine("proposer", proposer, spec.proposer_model)
-        problems = load_problems(spec, ex)
+        for b in policies:
+            ex.add_engine("policy", b, spec.model)
+        for b in proposers:
+            ex.add_engine("proposer", b, spec.proposer_model)
+        if shard is None:
+            problems = load_problems(spec, ex)
+        else:  # the spec's limits first, then this shard's problems (intgen/shards.py)
+            loaded = load_problems(spec, ShardRejects(ex, shard))
+            positions = [i for i, p in enumerate(loaded) if shard.owns(p.problem_id)]
+            problems = [loaded[i] for i in positions]
+            write_shard_file(out, shard, spec.resolved(), positions, len(loaded))
         tables.write_parquet(problems, tables.PROBLEMS, out / "problems.parquet")
         manifest()
         await ex.prepare()
@@ -175,7 +207,7 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
                  "check_requests_not_sent": check.requests_not_sent,
                  "grading": {"cache_hits": grader.hits, "cache_misses": grader.misses},
                  "reused_samples": sum(st.from_store for st in ex.stages.values()),
-                 "ledger": ledger(out, ex.stages, engines=len({id(policy), id(proposer)}), span=ex.engine_span),
+                 "ledger": ledger(out, ex.stages, engines=len(engines), span=ex.engine_span),
                  "failed_requests": {k: st.failed + st.aborted for k, st in ex.stages.items()},
                  "rejected_requests": {k: st.rejected for k, st in ex.stages.items()},
                  # per engine: wall seconds spent at each number of requests in flight (index) while requests
@@ -190,13 +222,13 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policy: B
         if not grader_given:
             grader.close()
         if close:
-            await policy.close()
-            if proposer is not policy:
-                await proposer.close()
+            for b in engines:
+                await b.close()
 
 
-def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Backend | None = None,
-            proposer_backend: Backend | None = None, progress: bool = True, grader: GradingPool | None = None) -> RunResult:
+def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, backend: Engines | None = None,
+            proposer_backend: Engines | None = None, progress: bool = True, grader: GradingPool | None = None,
+            shard: Shard | None = None) -> RunResult:
     """Run a whole job and write its run directory (docs/architecture.md; docs/architecture.md).
 
     Grading workers (and vLLM's engine) are started with ``spawn``, so a script that
@@ -208,10 +240,12 @@ def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, ba
         out_dir: the run directory; a run there made with the same spec is resumed: samples
             answered before come from its store, the rest are generated.
         spec_dir: the spec file's folder, for relative paths in the spec.
-        backend / proposer_backend: ready backends (tests inject the fake); by default
-            built from the spec. The proposer defaults to the policy backend.
+        backend / proposer_backend: ready backends, or lists of them (one per engine; tests
+            inject the fake); by default ``executor.engines`` of each, built from the spec
+            (:func:`intgen.backends.make_engines`). The proposer defaults to the policy's engines.
         progress: show a tqdm bar per stage.
         grader: a grading pool to use (and leave open); by default one from ``spec.grading``.
+        shard: run only this shard's problems (:mod:`intgen.shards`; ``--shard i/N``).
 
     Raises:
         FileNotFoundError: a source file or the prompt file is missing.
@@ -223,5 +257,8 @@ def run_job(spec: JobSpec, out_dir: str | Path, spec_dir: Path | None = None, ba
         FileExistsError: ``out_dir`` is a file.
         RunDirError: ``out_dir`` is a folder that is not an intgen run and not empty, or
             another intgen process is working in it.
+        ShardError: ``out_dir`` holds another shard than ``shard`` (or a shard when none
+            is asked, or an unsharded run when one is).
     """
-    return asyncio.run(run_job_async(spec, out_dir, spec_dir, backend, proposer_backend, progress, grader=grader))
+    return asyncio.run(run_job_async(spec, out_dir, spec_dir, backend, proposer_backend, progress, grader=grader,
+                                     shard=shard))

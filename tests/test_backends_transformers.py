@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_demo_spec_runs_on_transformers(tmp_path, capsys):
     out = tmp_path / "run"
-    status = main(["generate", str(ROOT / "pipelines" / "demo.yaml"), "backend.kind=transformers", "--limit", "2",
+    status = main(["generate", str(ROOT / "pipelines" / "demo-datasets.yaml"), "backend.kind=transformers", "--limit", "2",
                    "--out", str(out), "--quiet", "rollout.k=2", "propose.m=1", "check.r=2", "sampling.max_tokens=32",
                    "grading.workers=1"])
     assert status == 0, capsys.readouterr().err

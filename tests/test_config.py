@@ -51,7 +51,7 @@ def test_faithful_preset_and_its_conflicts():
 def test_shipped_pipelines_validate():
     demo = load_spec(ROOT / "pipelines" / "demo.yaml")
     assert demo.model == "smollm2-135m-instruct" and demo.backend.max_model_len == 8192
-    assert "boxed" in demo.system_prompt and len(demo.sources) == 2
+    assert "boxed" in demo.system_prompt and len(demo.sources) == 1
     paper = load_spec(ROOT / "pipelines" / "int-paper.yaml")
     assert paper.faithful and paper.select.per_rollout == "first" and paper.check.r == 32
     assert paper.model == "Qwen/Qwen3-4B-Instruct-2507"

@@ -329,7 +329,7 @@ def test_lift_table_equals_hand_computed(tmp_path, grader):
 
 def test_lift_cli_on_a_dry_run(tmp_path, capsys):
     out = tmp_path / "dry"
-    assert main(["generate", str(ROOT / "pipelines" / "demo.yaml"), "backend.kind=fake", "--out", str(out),
+    assert main(["generate", str(ROOT / "pipelines" / "demo-datasets.yaml"), "backend.kind=fake", "--out", str(out),
                  "--quiet", "limit=2", "check.r=3"]) == 0
     assert main(["eval", "lift", str(out), "--r", "3", "--quiet", "backend.kind=fake", "grading.workers=1"]) == 0
     text = capsys.readouterr().out

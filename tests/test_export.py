@@ -369,7 +369,7 @@ def test_card_of_the_demo_sources_carries_their_mit_license(tmp_path, grader):
 
     REPO_ROOT = Path(__file__).resolve().parent.parent
 
-    spec = load_spec(str(REPO_ROOT / "pipelines" / "demo.yaml"), ["backend.kind=fake", "limit=2"])
+    spec = load_spec(str(REPO_ROOT / "pipelines" / "demo-datasets.yaml"), ["backend.kind=fake", "limit=2"])
     out = tmp_path / "demo"
     run_job(spec, out, spec_dir=REPO_ROOT / "pipelines", progress=False, grader=grader)
     text = (export_run(out) / "README.md").read_text()

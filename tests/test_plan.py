@@ -13,7 +13,7 @@ OVER = ["backend.kind=fake", "limit=100", "source.0.limit=50", "source.1.limit=5
 
 
 def _plan(capsys, *args):
-    assert main(["plan", "demo", *OVER, *args, "--json"]) == 0
+    assert main(["plan", "demo-datasets", *OVER, *args, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -21,7 +21,7 @@ def _plan(capsys, *args):
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("plan")
     for seed in (0, 1):
-        assert main(["generate", "demo", *OVER, f"seed={seed}", "--out", str(base / f"seed{seed}"), "--quiet"]) == 0
+        assert main(["generate", "demo-datasets", *OVER, f"seed={seed}", "--out", str(base / f"seed{seed}"), "--quiet"]) == 0
     return base
 
 
@@ -47,7 +47,7 @@ def test_plan_defaults_and_prices(capsys):
     # the funnel can be set key by key; an unknown key is named
     more = _plan(capsys, "--set", "p_failed=1.0")
     assert more["stages"]["propose"]["requests"] == 400 * 2
-    assert main(["plan", "demo", "--set", "p_fail=1"]) == 2
+    assert main(["plan", "demo-datasets", "--set", "p_fail=1"]) == 2
     assert "p_fail" in capsys.readouterr().err
 
 

@@ -50,7 +50,7 @@ def test_the_cli_names_the_folder(tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "data.csv").write_text("x")
-    assert main(["generate", str(ROOT / "pipelines" / "demo.yaml"), "backend.kind=fake", "--out", str(out),
+    assert main(["generate", str(ROOT / "pipelines" / "demo-datasets.yaml"), "backend.kind=fake", "--out", str(out),
                  "--quiet"]) == 2
     err = capsys.readouterr().err
     assert str(out) in err and "data.csv" in err
@@ -82,7 +82,7 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path, problems_f
 
 def test_a_garbage_sample_store_is_named(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["generate", str(ROOT / "pipelines" / "demo.yaml"), "backend.kind=fake", "--out", str(out), "--quiet",
+    args = ["generate", str(ROOT / "pipelines" / "demo-datasets.yaml"), "backend.kind=fake", "--out", str(out), "--quiet",
             "--limit", "2"]
     assert main(args) == 0
     (out / "samples.sqlite").write_bytes(b"this is not a database" * 100)
@@ -95,7 +95,7 @@ def test_a_garbage_sample_store_is_named(tmp_path, capsys):
 
 def test_export_cleans_what_a_killed_export_left_and_names_a_corrupt_table(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["generate", str(ROOT / "pipelines" / "demo.yaml"), "backend.kind=fake", "--out", str(out),
+    assert main(["generate", str(ROOT / "pipelines" / "demo-datasets.yaml"), "backend.kind=fake", "--out", str(out),
                  "--quiet", "--limit", "2"]) == 0
     (out / ".export.tmp-abc123").mkdir()
     (out / ".export.old-4242").mkdir()
@@ -111,7 +111,7 @@ def test_export_cleans_what_a_killed_export_left_and_names_a_corrupt_table(tmp_p
 
 def test_export_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["generate", str(ROOT / "pipelines" / "demo.yaml"), "backend.kind=fake", "--out", str(out),
+    assert main(["generate", str(ROOT / "pipelines" / "demo-datasets.yaml"), "backend.kind=fake", "--out", str(out),
                  "--quiet", "--limit", "2"]) == 0
     (out / "export" / "my-analysis.ipynb").write_text("{}")
     (out / "export" / ".intgen-export").unlink()

@@ -34,7 +34,7 @@ HOSTILE = '</script><img src=x onerror="document.body.dataset.owned=1"><b id="ow
 
 
 def demo_run(out: Path, grader, *overrides: str, backend=None) -> Path:
-    spec = load_spec(str(REPO_ROOT / "pipelines" / "demo.yaml"), ["backend.kind=fake", *overrides])
+    spec = load_spec(str(REPO_ROOT / "pipelines" / "demo-datasets.yaml"), ["backend.kind=fake", *overrides])
     run_job(spec, out, spec_dir=REPO_ROOT / "pipelines", backend=backend, progress=False, grader=grader)
     return out
 

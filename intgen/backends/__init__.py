@@ -9,9 +9,40 @@ imported only when their backend is built.
 from __future__ import annotations
 
 from intgen.backends.base import Backend, BackendError, Completion, Request, Sampling, sample_seed
-from intgen.config import BackendSpec
+from intgen.config import BackendSpec, ExecutorSpec
 
-__all__ = ["Backend", "BackendError", "Completion", "Request", "Sampling", "make_backend", "sample_seed"]
+__all__ = ["Backend", "BackendError", "Completion", "Request", "Sampling", "make_backend", "make_engines",
+           "sample_seed"]
+
+
+def make_engines(spec: BackendSpec, model: str, executor: ExecutorSpec) -> list[Backend]:
+    """Build (not start) the ``executor.engines`` engines that serve one model
+    (docs/scale.md): in this process (``executor.kind: local``), or one per Ray actor
+    (``ray``, :mod:`intgen.backends.ray_engine`). Locally, several simulated engines share one
+    virtual clock (a simulated node), and several fake engines are independent scripts.
+
+    Raises:
+        BackendError: the backend cannot be built; more than one local engine of a kind that
+            would share this process's devices (vllm, transformers) or server (openai); Ray
+            is missing for ``kind: ray``.
+    """
+    n = executor.engines
+    if executor.kind == "ray":
+        from intgen.backends.ray_engine import ray_engines
+
+        return ray_engines(spec, model, executor)
+    if n == 1:
+        return [make_backend(spec, model)]
+    if spec.kind == "sim":
+        from intgen.backends.sim import SimBackend, VirtualClock
+
+        clock = VirtualClock()
+        return [SimBackend(spec.sim, clock, max_model_len=spec.max_model_len) for _ in range(n)]
+    if spec.kind == "fake":
+        return [make_backend(spec, model) for _ in range(n)]
+    raise BackendError(f"executor.engines={n} with executor.kind=local: several {spec.kind} engines cannot share one "
+                       "process; use executor.kind=ray (one engine per Ray actor: per GPU, or per "
+                       "tensor_parallel_size GPUs), or shards (intgen generate --shard i/N, docs/scale.md)")
 
 
 def make_backend(spec: BackendSpec, model: str) -> Backend:

@@ -49,6 +49,8 @@ def _resume_command(args: argparse.Namespace, out: Path) -> str:
     parts = ["intgen generate", shlex.quote(args.job), "--out", shlex.quote(str(out))]
     if args.limit is not None:
         parts += ["--limit", str(args.limit)]
+    if getattr(args, "shard", None) is not None:
+        parts += ["--shard", str(args.shard)]
     return " ".join(parts + [shlex.quote(o) for o in args.overrides])
 
 
@@ -84,7 +86,13 @@ def run(args: argparse.Namespace) -> int:
     from intgen.store import StoreError
 
     from intgen.resources import job_spec
+    from intgen.shards import Shard, ShardError
 
+    try:
+        shard = Shard.parse(args.shard) if getattr(args, "shard", None) is not None else None
+    except ShardError as e:
+        print(f"intgen generate: {e}", file=sys.stderr)
+        return 2
     overrides = list(args.overrides)
     if args.limit is not None:
         overrides.append(f"limit={args.limit}")
@@ -95,13 +103,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"intgen generate: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path("runs") / spec.name
+    if shard is not None and not args.out:
+        out = Path("runs") / f"{spec.name}-shard-{shard.index}-of-{shard.count}"
     if (out / "job.yaml").exists():
         print(f"resuming the run in {out}", file=sys.stderr)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        result = run_job(spec, out, spec_dir=job.resolve().parent, progress=not args.quiet)
+        result = run_job(spec, out, spec_dir=job.resolve().parent, progress=not args.quiet, shard=shard)
     except (SpecError, FileNotFoundError, FileExistsError, UnknownModelError, BackendError, ResumeError,
-            SourceError, PromptError, NotADirectoryError, StoreError, RunDirError) as e:
+            SourceError, PromptError, NotADirectoryError, StoreError, RunDirError, ShardError) as e:
         print(f"intgen generate: {e}", file=sys.stderr)
         if isinstance(e, BackendError) and _stopped(out):
             print(f"intgen generate: the run stopped (manifest.json: status stopped); every answered sample is kept "
@@ -143,4 +153,7 @@ def register(sub) -> None:
     p.add_argument("--out", help="the run directory (default: runs/<name>); an existing run there is resumed")
     p.add_argument("--limit", type=int, help="number of problems (overrides the spec's limit)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--shard", metavar="I/N", help="run only shard I of N (0-based) of the problems, into its own "
+                                                  "folder (default runs/<name>-shard-I-of-N); intgen merge joins the "
+                                                  "shards (docs/scale.md)")
     p.set_defaults(func=run)

@@ -52,7 +52,7 @@ def run_case(name: str, out: Path, problems_file: Path):
             return reply
         spec = test_pipeline.make_spec(problems_file, "grading.workers=1", *overrides)
         return run_job(spec, out, backend=FakeBackend(script), progress=False)
-    spec = load_spec(ROOT / "pipelines" / "demo.yaml", ["grading.workers=1", *overrides])
+    spec = load_spec(ROOT / "pipelines" / "demo-datasets.yaml", ["grading.workers=1", "name=demo", *overrides])
     return run_job(spec, out, spec_dir=ROOT / "pipelines", progress=False)
 
 
