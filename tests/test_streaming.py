@@ -3,6 +3,7 @@ canonical order that does not depend on arrival order; the priority queue; the w
 resume without starting an engine; the barrier schedule; stage status."""
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -73,16 +74,42 @@ def problems_file(tmp_path):
 
 
 def test_a_failed_rollout_reaches_the_proposer_before_the_last_rollout_is_answered(tmp_path, problems_file, grader):
-    """Streaming, not barriers: with a window of 1 the engine takes one request at a time,
-    and later stages go first, so the first failed rollout's solve turn is sent before the
-    remaining rollouts."""
+    """Streaming, not barriers: the proposer starts while a rollout is still unanswered.
+    The fifth rollout is held until a proposer request arrives, and a window of 2 leaves the
+    other slot free, so the order does not depend on how fast the grading pool is; under stage
+    barriers no proposer request could come before every rollout is answered (the hold gives
+    up after 120 s and the assertion fails)."""
+
+    class Gated(FakeBackend):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.proposer_started = asyncio.Event()
+            self.rollouts_sent = 0
+
+        async def complete(self, request):
+            if request.meta["stage"] != "rollout":
+                self.proposer_started.set()
+            else:
+                self.rollouts_sent += 1
+                if self.rollouts_sent == 5:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self.proposer_started.wait(), 120)
+            return await super().complete(request)
+
+    backend = Gated(test_pipeline.script)
+    spec = test_pipeline.make_spec(problems_file, "executor.window=2")
+    run_job(spec, tmp_path / "run", backend=backend, progress=False, grader=grader)
+    kinds = [r.meta["stage"] for r in backend.calls]  # in answer order
+    assert "rollout" in kinds[kinds.index("solve"):], kinds  # a rollout answered after the proposer started
+
+
+def test_later_stages_go_first(tmp_path, problems_file, grader):
+    """Priority: with a window of 1 the engine takes one request at a time, and once a
+    candidate's checks are queued nothing earlier in the pipeline goes before them."""
     backend = FakeBackend(test_pipeline.script, delay_s=0.001)
     spec = test_pipeline.make_spec(problems_file, "executor.window=1")
     run_job(spec, tmp_path / "run", backend=backend, progress=False, grader=grader)
     kinds = [r.meta["stage"] for r in backend.calls]
-    first_solve = kinds.index("solve")
-    assert "rollout" in kinds[first_solve:], kinds  # rollouts still to come when the proposer started
-    # priority: once a check is queued, nothing earlier in the pipeline goes before it
     first_check = kinds.index("check")
     assert kinds[first_check:first_check + 4] == ["check"] * 4
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def vllm_session(tmp_path_factory, vllm_engine):
     host, backend = vllm_engine
-    spec = load_spec(ROOT / "pipelines" / "demo.yaml", ["limit=3", "rollout.k=2", "propose.m=2", "check.r=3",
+    spec = load_spec(ROOT / "pipelines" / "demo-datasets.yaml", ["limit=3", "rollout.k=2", "propose.m=2", "check.r=3",
                                                          "sampling.max_tokens=160"])
     out = tmp_path_factory.mktemp("vllm") / "run"
     sampling = Sampling(temperature=0.7, top_p=0.8, top_k=20, max_tokens=48)
