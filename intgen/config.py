@@ -150,7 +150,23 @@ class ProposerSpec(_Model):
 
 
 class RolloutSpec(_Model):
+    """The rollout stage (docs/job-spec.md, ``rollout``; docs/hard-pool.md)."""
+
     k: int = Field(default=4, ge=1)
+    #: which problems go on to propose: ``failed`` (every failed rollout, the default) or
+    #: ``hard`` (only problems with pass@k = 0, sampled in waves that stop at the first success)
+    keep: Literal["failed", "hard"] = "failed"
+    #: with keep hard: rollouts per wave, in index order (null: all k in one wave); k must be a multiple
+    wave: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _wave_divides_k(self) -> "RolloutSpec":
+        if self.wave is not None and self.keep != "hard":
+            raise ValueError("rollout.wave: waves are drawn only with rollout.keep=hard; drop the key or set keep: hard")
+        if self.wave is not None and self.k % self.wave:
+            raise ValueError(f"rollout.wave: k = {self.k} is not a multiple of wave = {self.wave}, so samples "
+                             "spent would not be wave x waves; choose a wave that divides k")
+        return self
 
 
 class ProposeSpec(_Model):

@@ -158,7 +158,7 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policies:
         sampling = Sampling(s.temperature, s.top_p, s.top_k, s.max_tokens)
         common = dict(sampling=sampling, system_prompt=spec.system_prompt, run_seed=spec.seed)
         rollout = RolloutStage(ex, spec.rollout.k, order=order, on_failed=lambda r: propose.add(r),
-                               faithful=spec.faithful, **common)
+                               faithful=spec.faithful, keep=spec.rollout.keep, wave=spec.rollout.wave, **common)
         rollouts = rollout.records  # the check and baseline stages read the failed traces
         baseline = BaselineStage(ex, spec.baseline.for_, spec.check.r, problems=by_id, rollouts=rollouts,
                                  order=order, faithful=spec.faithful, **common)
@@ -180,6 +180,9 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policies:
         rollout_rows, cand_rows = rollout.rows(), propose.rows()
         check_rows = check.rows()
         tables.write_parquet(rollout_rows, tables.ROLLOUTS, out / "rollouts.parquet")
+        hard = rollout.hard_pool()
+        if spec.rollout.keep == "hard":  # docs/hard-pool.md
+            tables.write_parquet(hard, tables.HARD_POOL, out / "hard_pool.parquet")
         tables.write_parquet(cand_rows, tables.CANDIDATES, out / "candidates.parquet")
         tables.write_parquet(propose.prompt_rows(), tables.PROPOSER_PROMPTS, out / "proposer_prompts.parquet")
         tables.write_parquet(check_rows + baseline.rows(), tables.CONTINUATIONS, out / "continuations.parquet")
@@ -198,7 +201,12 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policies:
             "checked": len(check.results), "accepted": sum(r.accepted for r in rows), "sft_rows": len(sft),
             "rejects": len(ex.rejects),
         }
+        if spec.rollout.keep == "hard":
+            funnel = {"problems": funnel["problems"], "rollouts": funnel["rollouts"], "hard_problems": len(hard),
+                      **{k: v for k, v in funnel.items() if k not in ("problems", "rollouts")}}
         stats = {"funnel": funnel, "tokens": ex.ledger,
+                 # per source: problems sampled, solved, pass@k (docs/hard-pool.md)
+                 "pass_at_k": rollout.pass_at_k({p.problem_id: p.source for p in problems}),
                  "rollout_verdicts": dict(sorted(Counter(r.verdict for r in rollout_rows).items())),
                  "parse_status": dict(sorted(Counter(c.parse_status for c in cand_rows).items())),
                  "check_stopped": dict(sorted(Counter(r.check_stopped for r in rows if r.check_stopped).items())),

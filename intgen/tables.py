@@ -75,6 +75,21 @@ class ProblemRow:
 
 
 @_record
+class HardProblem:
+    """``hard_pool.parquet``: a problem the policy never solved in ``samples_spent`` rollouts
+    (pass@k = 0; docs/hard-pool.md). Loads as a later job's source with ``adapter: generic``
+    and ``columns: {id: problem_id}``."""
+
+    problem_id: str
+    source: str
+    problem: str
+    reference_solution: str
+    gold_answer: str
+    samples_spent: int
+    waves: int
+
+
+@_record
 class Rollout:
     """``rollouts.parquet``: one rollout, graded. *failed* = verdict ``wrong`` or ``no_answer``."""
 
@@ -253,6 +268,7 @@ class Reject:
 
 
 PROBLEMS = schema_of(ProblemRow)
+HARD_POOL = schema_of(HardProblem)
 ROLLOUTS = schema_of(Rollout)
 CANDIDATES = schema_of(Candidate)
 PROPOSER_PROMPTS = schema_of(ProposerPromptRow)
