@@ -120,3 +120,18 @@ def test_conditions_are_validated(problems_file):
         spec(problems_file, "check.early_stop=true")
     with pytest.raises(SpecError, match="must contain"):
         spec(problems_file, "hint.template=no fields")
+
+
+def test_shards_of_a_hint_and_hard_pool_run_merge_to_the_unsharded_tables(tmp_path, problems_file, grader):
+    from intgen.shards import Shard, merge_runs
+
+    s = spec(problems_file, "rollout.keep=hard")
+    run_job(s, tmp_path / "whole", backend=FakeBackend(script), progress=False, grader=grader)
+    for i in range(2):
+        run_job(s, tmp_path / f"s{i}", backend=FakeBackend(script), progress=False, grader=grader, shard=Shard(i, 2))
+    merge_runs([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
+    for name in ("hard_pool", "conditions", "interventions"):
+        assert pq.read_table(tmp_path / "merged" / f"{name}.parquet").equals(
+            pq.read_table(tmp_path / "whole" / f"{name}.parquet")), name
+    whole, merged = (json.loads((tmp_path / d / "stats.json").read_text()) for d in ("whole", "merged"))
+    assert merged["pass_at_k"] == whole["pass_at_k"] and merged["conditions"] == whole["conditions"]
