@@ -150,7 +150,23 @@ class ProposerSpec(_Model):
 
 
 class RolloutSpec(_Model):
+    """The rollout stage (docs/job-spec.md, ``rollout``; docs/hard-pool.md)."""
+
     k: int = Field(default=4, ge=1)
+    #: which problems go on to propose: ``failed`` (every failed rollout, the default) or
+    #: ``hard`` (only problems with pass@k = 0, sampled in waves that stop at the first success)
+    keep: Literal["failed", "hard"] = "failed"
+    #: with keep hard: rollouts per wave, in index order (null: all k in one wave); k must be a multiple
+    wave: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _wave_divides_k(self) -> "RolloutSpec":
+        if self.wave is not None and self.keep != "hard":
+            raise ValueError("rollout.wave: waves are drawn only with rollout.keep=hard; drop the key or set keep: hard")
+        if self.wave is not None and self.k % self.wave:
+            raise ValueError(f"rollout.wave: k = {self.k} is not a multiple of wave = {self.wave}, so samples "
+                             "spent would not be wave x waves; choose a wave that divides k")
+        return self
 
 
 class ProposeSpec(_Model):
@@ -180,6 +196,25 @@ class AcceptSpec(_Model):
 
 class BaselineSpec(_Model):
     for_: Literal["accepted", "all", "none"] = Field(default="accepted", alias="for")
+
+
+class HintSpec(_Model):
+    """The hint conditions' hint (docs/hints.md): the first ``fraction`` of the reference
+    solution's steps, put after the problem in the user message with ``template``."""
+
+    fraction: float = Field(default=0.5, gt=0, le=1)
+    template: str = "{problem}\n\nHint: a solution begins as follows.\n\n{hint}"
+
+    @field_validator("template")
+    @classmethod
+    def _has_fields(cls, value: str) -> str:
+        if "{problem}" not in value or "{hint}" not in value:
+            raise ValueError("hint.template: must contain {problem} and {hint}")
+        return value
+
+
+#: the conditions a run can measure side by side (docs/hints.md)
+CONDITION_NAMES = ("intervention", "hint", "hint+intervention", "original_step")
 
 
 class GradingSpec(_Model):
@@ -250,6 +285,10 @@ class JobSpec(_Model):
     accept: AcceptSpec = Field(default_factory=AcceptSpec)
     baseline: BaselineSpec = Field(default_factory=BaselineSpec)
     select: SelectSpec = Field(default_factory=SelectSpec)
+    #: the conditions measured for each candidate that baseline.for names (null: intervention
+    #: and original_step, today's check and baseline); docs/hints.md
+    conditions: list[Literal["intervention", "hint", "hint+intervention", "original_step"]] | None = None
+    hint: HintSpec = Field(default_factory=HintSpec)
     grading: GradingSpec = Field(default_factory=GradingSpec)
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     faithful: bool = False
@@ -275,6 +314,31 @@ class JobSpec(_Model):
             raise ValueError(f"accept.min_correct: {self.accept.min_correct} is more than check.r = {self.check.r} "
                              "continuations, so nothing could be accepted")
         return self
+
+    @model_validator(mode="after")
+    def _conditions(self) -> "JobSpec":
+        c = self.conditions
+        if c is None:
+            return self
+        if "intervention" not in c:
+            raise ValueError("conditions: the intervention condition (the check stage) is always measured; list it")
+        if len(set(c)) != len(c):
+            raise ValueError(f"conditions: {c} names a condition twice")
+        if self.baseline.for_ == "none" and set(c) - {"intervention"}:
+            raise ValueError("conditions: baseline.for=none measures no condition beyond the intervention; set "
+                             "baseline.for to accepted or all (the candidates every condition is measured for)")
+        if self.check.early_stop or self.check.give_up_after is not None:
+            raise ValueError("conditions: every condition is measured with the same r samples, so the check stage "
+                             "draws all r: drop check.early_stop and check.give_up_after")
+        if "original_step" not in c and self.baseline.for_ != "none":
+            raise ValueError("conditions: without original_step set baseline.for=none (it is the original-step "
+                             "condition), or list original_step")
+        return self
+
+    @property
+    def hint_conditions(self) -> list[str]:
+        """The hint conditions the spec asks for (``hint``, ``hint+intervention``), in that order."""
+        return [c for c in ("hint", "hint+intervention") if c in (self.conditions or ())]
 
     @model_validator(mode="after")
     def _faithful_preset(self) -> "JobSpec":

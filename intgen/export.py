@@ -103,7 +103,7 @@ from intgen import resources, tables
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CONFIGS", "SFT_VIEW", "RL_VIEW", "LLAMAFACTORY_VIEW", "PROCESSBENCH_VIEW", "ExportResult",
+    "CONFIGS", "OPTIONAL_CONFIGS", "SFT_VIEW", "RL_VIEW", "LLAMAFACTORY_VIEW", "PROCESSBENCH_VIEW", "ExportResult",
     "build_views", "export_run", "export_run_result", "llamafactory_dataset_info", "render_card", "render_prompt",
 ]
 
@@ -111,6 +111,8 @@ EXPORT_DIRNAME = "export"
 SPLIT = "train"
 #: the configs, in the order the card lists them
 CONFIGS = ("interventions", "sft", "rl", "llamafactory", "processbench", "proposer_prompts")
+#: configs a run has only when its spec asks for them: the hard pool (``rollout.keep: hard``, docs/hard-pool.md)
+OPTIONAL_CONFIGS = ("hard_pool",)
 #: a config is cut into Parquet shards of at most about this many bytes (Arrow's in-memory size)
 DEFAULT_MAX_SHARD_BYTES = 256 * 2**20
 CARD_TEMPLATE = resources.folder("data_cards") / "intgen_dataset.md.j2"
@@ -188,6 +190,7 @@ MIT_NOTICE = (
 FUNNEL_STEPS: tuple[tuple[str, str, str | None, str | None], ...] = (
     ("problems", "problems (gradable gold answer)", None, None),
     ("rollouts", "rollouts", "problems", "per"),
+    ("hard_problems", "hard problems (pass@k = 0)", "problems", "of"),
     ("failed_rollouts", "failed rollouts (wrong or no answer)", "rollouts", "of"),
     ("candidates", "proposer samples (candidates)", "failed_rollouts", "per"),
     ("parsed_candidates", "parsed candidates", "candidates", "of"),
@@ -271,7 +274,7 @@ def _pick_per_rollout(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any
 
 
 def build_views(run_dir: str | Path) -> dict[str, pa.Table]:
-    """The five views of a finished run, each a table of its explicit schema (the
+    """The views of a finished run (``hard_pool`` only when the run has one), each a table of its explicit schema (the
     ``interventions`` view keeps the schema ``interventions.parquet`` was written with).
 
     Raises:
@@ -334,7 +337,7 @@ def build_views(run_dir: str | Path) -> dict[str, pa.Table]:
     prompts_path = run_dir / "proposer_prompts.parquet"
     prompts = (_read_table(run_dir, "proposer_prompts") if prompts_path.exists()
                else tables.table([], tables.PROPOSER_PROMPTS))
-    return {
+    views = {
         "interventions": inter_table,
         "sft": tables.table(sft_rows, SFT_VIEW),
         "rl": tables.table(rl_rows, RL_VIEW),
@@ -342,6 +345,9 @@ def build_views(run_dir: str | Path) -> dict[str, pa.Table]:
         "processbench": tables.table(processbench_rows, PROCESSBENCH_VIEW),
         "proposer_prompts": prompts,
     }
+    if (run_dir / "hard_pool.parquet").exists():  # rollout.keep: hard (docs/hard-pool.md)
+        views["hard_pool"] = _read_table(run_dir, "hard_pool")
+    return views
 
 
 def _content_tag(table: pa.Table) -> str:
@@ -594,7 +600,7 @@ def render_card(run_dir: str | Path, views: dict[str, pa.Table], result: ExportR
     funnel = stats.get("funnel", {})
     token_table, token_total = token_rows(stats.get("tokens", {}))
     accepted = funnel.get("accepted", sum(1 for r in inter if r["accepted"]))
-    present = [c for c in CONFIGS if result.files.get(c)]
+    present = [c for c in CONFIGS + OPTIONAL_CONFIGS if result.files.get(c)]
     card_data = DatasetCardData(
         license=_card_license(sources),
         pretty_name=f"intgen interventions: {job.get('name', run_dir.name)}",
@@ -629,6 +635,8 @@ def render_card(run_dir: str | Path, views: dict[str, pa.Table], result: ExportR
         "sources": sources,
         "mit_notice": MIT_NOTICE if any(s["known"] and s["known"]["license"] == "mit" for s in sources) else None,
         "funnel": funnel_rows(funnel),
+        "pass_at_k": [{"source": k, **v} for k, v in (stats.get("pass_at_k") or {}).items()],
+        "rollout_k": (job.get("rollout") or {}).get("k"),
         "tokens": token_table,
         "tokens_total": token_total,
         "tokens_per_accepted": (token_total["completion_tokens"] / accepted) if accepted else None,
@@ -640,7 +648,7 @@ def render_card(run_dir: str | Path, views: dict[str, pa.Table], result: ExportR
         "plots": plots or {},
         "funnel_png": FUNNEL_PNG,
         "distributions_png": DISTRIBUTIONS_PNG,
-        "columns": {c: views[c].schema.names for c in CONFIGS},
+        "columns": {c: views[c].schema.names for c in CONFIGS + OPTIONAL_CONFIGS if c in views},
         "llamafactory_info": json.dumps(llamafactory_dataset_info(job.get("name", run_dir.name), repo_id), indent=2),
         "llamafactory_name": f"intgen_{_slug(job.get('name', run_dir.name))}",
         "has_prompt_text": views["sft"].num_rows > 0 and views["sft"].column("prompt_text").null_count == 0,
@@ -664,7 +672,7 @@ def render_card(run_dir: str | Path, views: dict[str, pa.Table], result: ExportR
 #: written in every export folder; a folder named ``export`` without it is not replaced
 EXPORT_MARKER = ".intgen-export"
 #: what an export folder of an intgen version before the marker held
-_LEGACY_EXPORT = {CARD_NAME, LLAMAFACTORY_INFO, FUNNEL_PNG, DISTRIBUTIONS_PNG, *CONFIGS}
+_LEGACY_EXPORT = {CARD_NAME, LLAMAFACTORY_INFO, FUNNEL_PNG, DISTRIBUTIONS_PNG, *CONFIGS, *OPTIONAL_CONFIGS}
 
 
 def _check_own_export(dest: Path) -> None:
@@ -761,8 +769,8 @@ def _export(run_dir: Path, repo_id: str | None, max_shard_bytes: int, partial: b
     views = build_views(run_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{EXPORT_DIRNAME}.tmp-", dir=run_dir))
     try:
-        result = ExportResult(dest, rows={c: views[c].num_rows for c in CONFIGS})
-        for c in CONFIGS:
+        result = ExportResult(dest, rows={c: views[c].num_rows for c in CONFIGS + OPTIONAL_CONFIGS if c in views})
+        for c in [c for c in CONFIGS + OPTIONAL_CONFIGS if c in views]:
             if views[c].num_rows == 0:
                 result.skipped.append(c)
                 continue

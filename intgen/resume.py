@@ -18,6 +18,10 @@ NEUTRAL_KEYS = ("grading.workers", "backend.concurrency", "proposer.backend.conc
                 "executor.schedule", "executor.slice", "executor.store_group_size", "executor.store_group_ms",
                 "executor.kind", "executor.engines", "executor.ray.address", "executor.ray.num_cpus",
                 "executor.ray.cpus_per_engine", "executor.ray.gpus_per_engine", "executor.ray.max_restarts")
+#: keys added after runs were made, with the value that computes what those runs computed:
+#: a run whose job.yaml lacks one resumes when the new spec has this value
+ADDED_KEYS = {"rollout.keep": "failed", "rollout.wave": None, "conditions": None, "hint.fraction": 0.5,
+              "hint.template": "{problem}\n\nHint: a solution begins as follows.\n\n{hint}"}
 #: keys that may grow (None = no limit is the largest)
 GROWABLE_KEYS = ("limit", r"source(\.\d+)?\.limit")
 
@@ -74,6 +78,8 @@ def check_resume(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             continue
         if key in NEUTRAL_KEYS:
             allowed.append(key)
+        elif key not in a and key in ADDED_KEYS and vb == ADDED_KEYS[key]:
+            continue  # a key added since, at the value the old run computed with
         elif any(re.fullmatch(p, key) for p in GROWABLE_KEYS) and _grows(va, vb):
             allowed.append(key)
         else:

@@ -24,16 +24,17 @@ from intgen.plan import Engine, Funnel, make_plan
 from intgen.prompts import load_prompt
 from intgen.rundir import (check_out_dir, ledger, load_problems, open_run_dir, resolve_spec_paths, run_lock,
                            write_manifest, write_stats)
-from intgen.stages import GENERATE_STAGES
+from intgen.stages import GENERATE_STAGES, HINT_STAGES
 from intgen.stages.baseline import BaselineStage
 from intgen.stages.check import CheckStage
+from intgen.stages.hint import HintStage, condition_table, join as join_hints
 from intgen.stages.propose import ProposeStage
 from intgen.stages.rollout import RolloutStage
 from intgen.stages.select import interventions, sft_rows
 from intgen.shards import Shard, ShardRejects, check_shard_folder, write_shard_file
 from intgen.store import STORE_NAME, SampleStore
 
-_REJECT_ORDER = {s: i for i, s in enumerate(("load",) + GENERATE_STAGES)}
+_REJECT_ORDER = {s: i for i, s in enumerate(("load",) + HINT_STAGES)}
 
 
 @dataclass
@@ -131,7 +132,7 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policies:
                        executor={"kind": x.kind, "engines": {"policy": len(policies), "proposer": len(proposers)}},
                        **info)
 
-    ex = Executor(GENERATE_STAGES, store, grader, progress=progress, schedule=x.schedule, slice_size=x.slice,
+    ex = Executor(HINT_STAGES if spec.hint_conditions else GENERATE_STAGES, store, grader, progress=progress, schedule=x.schedule, slice_size=x.slice,
                   window=x.window, on_status=manifest, faithful=spec.faithful)
     try:
         for b in policies:
@@ -158,13 +159,25 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policies:
         sampling = Sampling(s.temperature, s.top_p, s.top_k, s.max_tokens)
         common = dict(sampling=sampling, system_prompt=spec.system_prompt, run_seed=spec.seed)
         rollout = RolloutStage(ex, spec.rollout.k, order=order, on_failed=lambda r: propose.add(r),
-                               faithful=spec.faithful, **common)
+                               faithful=spec.faithful, keep=spec.rollout.keep, wave=spec.rollout.wave, **common)
         rollouts = rollout.records  # the check and baseline stages read the failed traces
         baseline = BaselineStage(ex, spec.baseline.for_, spec.check.r, problems=by_id, rollouts=rollouts,
                                  order=order, faithful=spec.faithful, **common)
+        hint = None
+        if spec.hint_conditions:  # docs/hints.md: the same candidates as the baseline, the same r
+            hint = HintStage(ex, spec.hint_conditions, spec.baseline.for_, spec.hint.fraction, spec.hint.template,
+                             spec.check.r, problems=by_id, checks={}, **common)
+
+        def decided(candidate: Any, accepted: bool) -> None:
+            baseline.add(candidate, accepted)
+            if hint is not None:
+                hint.add(candidate, accepted)
+
         check = CheckStage(ex, spec.check.r, spec.check.wave, spec.check.early_stop, spec.check.give_up_after,
                            spec.accept.min_correct, faithful=spec.faithful, problems=by_id, rollouts=rollouts,
-                           order=order, on_decided=baseline.add, **common)
+                           order=order, on_decided=decided if hint is not None else baseline.add, **common)
+        if hint is not None:
+            hint.checks = check.results
         propose = ProposeStage(ex, prompt, spec.propose.m, sampling, spec.seed, spec.faithful, by_id, order,
                                on_parsed=check.add, on_unusable=check.settle,
                                cut_prompt_tokens=spec.propose.cut_prompt_tokens)
@@ -180,12 +193,19 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policies:
         rollout_rows, cand_rows = rollout.rows(), propose.rows()
         check_rows = check.rows()
         tables.write_parquet(rollout_rows, tables.ROLLOUTS, out / "rollouts.parquet")
+        hard = rollout.hard_pool()
+        if spec.rollout.keep == "hard":  # docs/hard-pool.md
+            tables.write_parquet(hard, tables.HARD_POOL, out / "hard_pool.parquet")
         tables.write_parquet(cand_rows, tables.CANDIDATES, out / "candidates.parquet")
         tables.write_parquet(propose.prompt_rows(), tables.PROPOSER_PROMPTS, out / "proposer_prompts.parquet")
         tables.write_parquet(check_rows + baseline.rows(), tables.CONTINUATIONS, out / "continuations.parquet")
         not_checked = check.not_checked()
         rows = interventions(spec, prompt, by_id, rollouts, cand_rows, check.results, baseline.verdicts(), check_rows,
                              not_checked)
+        if hint is not None:
+            join_hints(rows, hint)
+            tables.write_parquet(hint.rows(order, {c.candidate_id: i for i, c in enumerate(cand_rows)}),
+                                 tables.CONDITIONS, out / "conditions.parquet")
         tables.write_parquet(rows, tables.INTERVENTIONS, out / "interventions.parquet")
         sft = sft_rows(rows, spec.system_prompt)
         tables.write_parquet(sft, tables.SFT, out / "sft.parquet")
@@ -198,7 +218,12 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policies:
             "checked": len(check.results), "accepted": sum(r.accepted for r in rows), "sft_rows": len(sft),
             "rejects": len(ex.rejects),
         }
+        if spec.rollout.keep == "hard":
+            funnel = {"problems": funnel["problems"], "rollouts": funnel["rollouts"], "hard_problems": len(hard),
+                      **{k: v for k, v in funnel.items() if k not in ("problems", "rollouts")}}
         stats = {"funnel": funnel, "tokens": ex.ledger,
+                 # per source: problems sampled, solved, pass@k (docs/hard-pool.md)
+                 "pass_at_k": rollout.pass_at_k({p.problem_id: p.source for p in problems}),
                  "rollout_verdicts": dict(sorted(Counter(r.verdict for r in rollout_rows).items())),
                  "parse_status": dict(sorted(Counter(c.parse_status for c in cand_rows).items())),
                  "check_stopped": dict(sorted(Counter(r.check_stopped for r in rows if r.check_stopped).items())),
@@ -213,6 +238,9 @@ async def _run_locked(spec: JobSpec, out_dir: str | Path, prompt: Any, policies:
                  # per engine: wall seconds spent at each number of requests in flight (index) while requests
                  # were still to come (docs/architecture.md, "Occupancy")
                  "in_flight_seconds": {k: [round(v, 3) for v in h] for k, h in ex.occupancy().items()}}
+        if hint is not None:  # the paper's hint table (docs/hints.md); intgen eval lift --hints prints it
+            stats["conditions"] = {"hint_fraction": spec.hint.fraction,
+                                   "table": condition_table([asdict(r) for r in rows])}
         write_stats(out, stats)
         failed = ex.failed_requests
         manifest("complete" if failed == 0 else "incomplete")

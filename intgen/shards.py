@@ -38,6 +38,8 @@ from intgen.store import STORE_NAME, SampleStore
 SHARD_FILE = "shard.json"
 #: the run tables a merge combines (``name.parquet``)
 TABLES = ("problems", "rollouts", "candidates", "continuations", "interventions", "sft", "rejects")
+#: tables a run has only when its spec asks for them (docs/hard-pool.md, docs/hints.md): merged when the shards have them
+OPTIONAL_TABLES = ("hard_pool", "conditions")
 #: the order of ``rejects.parquet``'s stages (the runner's canonical order)
 _REJECT_STAGES = ("load", "rollout", "solve", "propose", "check", "baseline")
 
@@ -331,7 +333,7 @@ def merge_runs(runs: Iterable[str | Path], out_dir: str | Path) -> MergeResult:
         try:
             return _merge_locked(shards, folders, out)
         except BaseException:  # leave the folder as it was (empty), so the merge can be run again
-            for name in [f"{t}.parquet" for t in TABLES] + [STORE_NAME, STORE_NAME + "-wal", STORE_NAME + "-shm",
+            for name in [f"{t}.parquet" for t in TABLES + OPTIONAL_TABLES] + [STORE_NAME, STORE_NAME + "-wal", STORE_NAME + "-shm",
                                                             "stats.json", "plan.json", "manifest.json", ".job.yaml.tmp"]:
                 (out / name).unlink(missing_ok=True)
             raise
@@ -349,14 +351,24 @@ def _merge_locked(shards: list[tuple[Path, dict, dict]], folders: list[Path], ou
             raise ShardError(f"{folder}: problems.parquet has {len(pids)} problems, {SHARD_FILE} lists "
                              f"{len(info['positions'])}; the shard folder was changed after its run")
         position.update(zip(pids, info["positions"]))
-    for name in TABLES:
+    for name in TABLES + tuple(t for t in OPTIONAL_TABLES if (folders[0] / f"{t}.parquet").exists()):
         parts = []
         for folder in folders:
+            if not (folder / f"{name}.parquet").exists():
+                raise ShardError(f"{folder} has no {name}.parquet but {folders[0]} has; resume that shard, then "
+                                 "merge again")
             parts.append(pq.read_table(folder / f"{name}.parquet"))
         t = _sorted_table(name, parts, position)
         tables._atomic_write(out / f"{name}.parquet", lambda tmp, t=t: pq.write_table(t, tmp))
     _merge_stores(folders, out / STORE_NAME)
     stats = _merge_stats([_read(f / "stats.json", "stats.json") for f in folders])
+    for source in (stats.get("pass_at_k") or {}).values():  # a share is recomputed, not summed
+        source["pass_at_k"] = source["solved"] / source["problems"] if source["problems"] else None
+    if "conditions" in stats:
+        from intgen.stages.hint import condition_table
+
+        stats["conditions"] = {"hint_fraction": _read(folders[0] / "stats.json", "stats.json")["conditions"].get(
+            "hint_fraction"), "table": condition_table(pq.read_table(out / "interventions.parquet").to_pylist())}
     write_stats(out, stats)
     plans = [_read(f / "plan.json", "plan.json") for f in folders if (f / "plan.json").exists()]
     if plans:

@@ -75,6 +75,21 @@ class ProblemRow:
 
 
 @_record
+class HardProblem:
+    """``hard_pool.parquet``: a problem the policy never solved in ``samples_spent`` rollouts
+    (pass@k = 0; docs/hard-pool.md). Loads as a later job's source with ``adapter: generic``
+    and ``columns: {id: problem_id}``."""
+
+    problem_id: str
+    source: str
+    problem: str
+    reference_solution: str
+    gold_answer: str
+    samples_spent: int
+    waves: int
+
+
+@_record
 class Rollout:
     """``rollouts.parquet``: one rollout, graded. *failed* = verdict ``wrong`` or ``no_answer``."""
 
@@ -225,6 +240,44 @@ class Intervention:
     check_stopped: Optional[str] = None
     #: the row of ``proposer_prompts.parquet`` with the proposer chat (the rollout id)
     proposer_prompt_id: Optional[str] = None
+    # hint conditions (spec ``conditions``, docs/hints.md): null unless the run measured them.
+    # A hint is the first hint_steps of the reference solution's steps (hint_fraction of them)
+    hint_fraction: Optional[float] = None
+    hint_steps: Optional[int] = None
+    #: the problem + hint alone (once per problem, joined onto every candidate of it)
+    hint_samples: Optional[int] = None
+    hint_rate: Optional[float] = None
+    #: the problem + hint, continued from the prefix + intervention (this candidate's own samples)
+    hint_intervention_samples: Optional[int] = None
+    hint_intervention_rate: Optional[float] = None
+    #: each condition's rate minus the original step's (baseline_rate); ``lift`` is the intervention's
+    hint_lift: Optional[float] = None
+    hint_intervention_lift: Optional[float] = None
+
+
+@_record
+class ConditionSample:
+    """``conditions.parquet``: one sample of a hint condition (docs/hints.md), graded.
+    ``condition`` is ``hint`` (problem + hint, a fresh answer; no candidate) or
+    ``hint+intervention`` (problem + hint, continuing the candidate's prefix + intervention)."""
+
+    sample_id: str
+    condition: str
+    problem_id: str
+    candidate_id: Optional[str]
+    rollout_id: Optional[str]
+    location: Optional[int]
+    hint_fraction: float
+    hint_steps: int
+    sample_index: int
+    seed: int
+    text: str
+    finish_reason: str
+    extracted_answer: Optional[str]
+    verdict: str
+    verdict_reason: Optional[str]
+    prompt_tokens: int
+    completion_tokens: int
 
 
 @_record
@@ -253,6 +306,7 @@ class Reject:
 
 
 PROBLEMS = schema_of(ProblemRow)
+HARD_POOL = schema_of(HardProblem)
 ROLLOUTS = schema_of(Rollout)
 CANDIDATES = schema_of(Candidate)
 PROPOSER_PROMPTS = schema_of(ProposerPromptRow)
@@ -260,6 +314,7 @@ CONTINUATIONS = schema_of(Continuation)
 INTERVENTIONS = schema_of(Intervention)
 SFT = schema_of(SFTRow)
 REJECTS = schema_of(Reject)
+CONDITIONS = schema_of(ConditionSample)
 
 
 def table(rows: Iterable[Any], schema: pa.Schema) -> pa.Table:

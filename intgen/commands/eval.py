@@ -54,6 +54,14 @@ def run_lift(args: argparse.Namespace) -> int:
     from intgen.evaluation.lift import LiftError, format_table, lift_async
     from intgen.rundir import RunDirError
 
+    if args.hints:  # the hint table from the run's own samples: no model call (docs/hints.md)
+        from intgen.stages.hint import hint_report
+        try:
+            print(hint_report(args.dir))
+        except FileNotFoundError as e:
+            print(f"intgen eval lift: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         result = asyncio.run(lift_async(args.dir, r=args.r, candidates=args.candidates, fresh=args.fresh,
                                         overrides=args.overrides, progress=not args.quiet))
@@ -96,6 +104,8 @@ def register(sub) -> None:
                    help="which candidates' failed rollouts (default: accepted)")
     q.add_argument("--fresh", action="store_true", help="draw new samples for (c) and (d) instead of reusing the "
                                                         "run's baselines and checks")
+    q.add_argument("--hints", action="store_true", help="print the hint table of a run made with `conditions` "
+                   "(problems solved and mean success per condition, from interventions.parquet; no model call)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.add_argument("overrides", nargs="*", help="backend.* / grading.* overrides, e.g. backend.base_url=...")
     q.set_defaults(func=run_lift)

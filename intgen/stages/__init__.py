@@ -14,6 +14,8 @@ from intgen.backends.base import Backend, Completion, Request
 
 #: the order of the request kinds of ``intgen generate``: later ones go first in the executor
 GENERATE_STAGES = ("rollout", "solve", "propose", "check", "baseline")
+#: with hint conditions (spec ``conditions``, docs/hints.md) the hint stage comes last
+HINT_STAGES = GENERATE_STAGES + ("hint",)
 
 
 class Flow(Protocol):
