@@ -110,6 +110,9 @@ def test_sft_two_steps_label_exactly_prefix_and_intervention(run_dir, tmp_path):
                        overrides=["max_steps=2", "per_device_train_batch_size=1", "effective_batch_size=1"])
     trainer = result.trainer
     assert trainer.state.global_step == 2
+    # every optimizer step moved the weights (a warmup over a 2-step run would leave step 1 at lr 0)
+    lrs = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
+    assert len(lrs) == 2 and all(float(lr) > 0 for lr in lrs), lrs
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     record = json.loads((out / "intgen_train.json").read_text())
     assert record["rows"] == 2 and record["rows_with_straddling_token"] == 1 and record["global_step"] == 2

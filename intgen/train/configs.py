@@ -169,14 +169,14 @@ PRESETS: dict[tuple[Kind, str], Preset] = {
     ("sft", "cpu"): Preset(
         "cpu", "sft",
         "a small CPU run for SmolLM2-135M-Instruct: float32, 1 epoch, 2 rows per optimizer step (at least one "
-        "packed sequence of up to 2048 tokens, so usually more), lr 1e-5, cosine with min lr ratio 0.1, warmup 0.1",
+        "packed sequence of up to 2048 tokens, so usually more), lr 1e-5, cosine with min lr ratio 0.1, no warmup",
         trl={
             "learning_rate": 1e-5,
             "num_train_epochs": 1,
             "per_device_train_batch_size": 1,
             "lr_scheduler_type": "cosine_with_min_lr",
             "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
-            "warmup_steps": 0.1,
+            "warmup_steps": 0,              # a run of a few steps: a warmup would leave its first step at lr 0
             "max_length": 2048,
             "bf16": False,
             "gradient_checkpointing": False,
