@@ -426,3 +426,14 @@ def test_backend_aborts_nobody_asked_for_are_recorded(tmp_path, problems_file, r
     assert (f"{P1}/rollout-1/candidate-0/continuation-1", "request_aborted") in rejects
     row = {r["candidate_id"]: r for r in read(out, "interventions")}[f"{P1}/rollout-1/candidate-0"]
     assert row["check_samples"] == 3
+
+
+def test_end_of_run_summary_counts_each_dropped_record_once(tmp_path, problems_file, run):
+    """A leaked candidate is in rejects.parquet and in interventions.parquet; the summary's
+    reasons count it once (the funnel says leaked 1)."""
+    from intgen.commands.generate import dropped_reasons
+
+    result, out, _ = run(tmp_path, problems_file)
+    assert result.funnel["leaked"] == 1
+    reasons = dropped_reasons(out)
+    assert reasons["answer_leak"] == 1 and reasons["too_few_correct"] >= 1

@@ -156,3 +156,12 @@ def test_larger_limit_extends_the_run(tmp_path, problems_file, grader):
     assert result.funnel["problems"] == 3
     assert not any(r.meta["problem_id"] == "p1" for r in second.calls)  # p1's samples came from the store
     assert any(r.meta["problem_id"] == "p2" for r in second.calls)
+
+
+def test_inspect_counts_check_and_baseline_rows_apart(reference):
+    """check and baseline share continuations.parquet; inspect counts each stage's own rows."""
+    ref_run, _ = reference
+    kinds = pq.read_table(ref_run / "continuations.parquet", columns=["kind"]).column("kind").to_pylist()
+    stages = describe_run(ref_run)["stages"]
+    assert stages["check"]["rows"] == kinds.count("check") > 0
+    assert stages["baseline"]["rows"] == kinds.count("baseline") > 0

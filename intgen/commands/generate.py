@@ -9,6 +9,26 @@ import sys
 from pathlib import Path
 
 
+def dropped_reasons(out_dir):
+    """How many records a run dropped, by reason (a ``collections.Counter``): every row of
+    ``rejects.parquet`` and every rejected candidate of ``interventions.parquet``, each record
+    once (a leaked candidate is in both tables).
+
+    Raises:
+        OSError, pyarrow.ArrowInvalid: a table is missing or unreadable.
+    """
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+
+    rejects = pq.read_table(out_dir / "rejects.parquet", columns=["record_id", "reason"]).to_pydict()
+    reasons = Counter(rejects["reason"])
+    inter = pq.read_table(out_dir / "interventions.parquet", columns=["candidate_id", "reject_reason"]).to_pydict()
+    counted = set(rejects["record_id"])
+    reasons.update(r for cid, r in zip(inter["candidate_id"], inter["reject_reason"]) if r and cid not in counted)
+    return reasons
+
+
 def print_funnel(result) -> None:
     """Print a run's directory, funnel counts and its most frequent reject reasons."""
     from collections import Counter
@@ -22,9 +42,7 @@ def print_funnel(result) -> None:
     for key, value in f.items():
         print(f"  {key:<{width}}  {value}")
     try:
-        reasons = Counter(pq.read_table(result.out_dir / "rejects.parquet", columns=["reason"]).column(0).to_pylist())
-        inter = pq.read_table(result.out_dir / "interventions.parquet", columns=["reject_reason"]).column(0).to_pylist()
-        reasons.update(r for r in inter if r)
+        reasons = dropped_reasons(result.out_dir)
     except Exception:  # noqa: BLE001  (a summary never fails a finished run)
         reasons = Counter()
     if reasons:

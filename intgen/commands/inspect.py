@@ -51,7 +51,11 @@ def describe_run(run_dir: Path) -> dict:
         rows: Any = None
         if table is not None and table.exists():
             try:
-                rows = pq.read_metadata(table).num_rows
+                if table_name == "continuations":  # one table for both kinds: count this stage's
+                    kinds = pq.read_table(table, columns=["kind"]).column("kind").to_pylist()
+                    rows = kinds.count(stage)
+                else:
+                    rows = pq.read_metadata(table).num_rows
             except Exception as e:  # a truncated or foreign file: it will be rewritten on resume
                 rows = f"unreadable ({type(e).__name__}); rewritten on resume"
         got = counts.get(stage, {})
