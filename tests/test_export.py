@@ -195,7 +195,7 @@ def test_render_prompt_substitutes_the_message_once():
     assert render_prompt(None, "x") is None
 
 
-def test_rl_rows_follow_verls_documented_fields(run):
+def test_rl_rows_follow_verls_documented_fields(run, problems_file):
     """verl docs, preparation/prepare_data: data_source, prompt (chat messages), ability,
     reward_model {style: rule, ground_truth}, extra_info {split, index}."""
     rl = view(run, "rl").to_pylist()
@@ -203,7 +203,7 @@ def test_rl_rows_follow_verls_documented_fields(run):
     assert len(rl) == len(problems) == 4
     for i, (r, p) in enumerate(zip(rl, problems)):
         assert list(r)[:5] == ["data_source", "prompt", "ability", "reward_model", "extra_info"]
-        assert r["data_source"] == p["source"] == "generic:src0/problems.jsonl"
+        assert r["data_source"] == p["source"] == f"generic:{problems_file.parent.name}/problems.jsonl"
         assert r["prompt"] == [{"role": "user", "content": p["problem"]}]
         assert r["ability"] == "math"
         assert r["reward_model"] == {"style": "rule", "ground_truth": p["gold_answer"]}

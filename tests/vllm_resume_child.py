@@ -1,6 +1,8 @@
-"""Child process for the vLLM kill-and-resume test: runs the demo spec on vLLM's CPU
-build, logs the ids of the requests sent to the engine, and with KILL=N kills itself
-(SIGKILL) once N check continuations have been answered and committed to the store.
+"""Child process for the vLLM kill-and-resume test: runs the demo's settings on the
+dataset subsets (pipelines/demo-datasets.yaml, where SmolLM2 fails nearly every rollout,
+so the check stage has work) on vLLM's CPU build, logs the ids of the requests sent to
+the engine, and with KILL=N kills itself (SIGKILL) once N check continuations have been
+answered and committed to the store.
 
 usage: python vllm_resume_child.py OUT_DIR SENT_LOG KILL
 """
@@ -38,7 +40,7 @@ def main(out_dir: str, sent_log: str, kill: int) -> None:
 
     VLLMBackend.complete = logged
     SampleStore.put = put_and_commit
-    spec = load_spec(ROOT / "pipelines" / "demo.yaml", ["limit=2", "rollout.k=2", "propose.m=2", "check.r=3",
+    spec = load_spec(ROOT / "pipelines" / "demo-datasets.yaml", ["limit=2", "rollout.k=2", "propose.m=2", "check.r=3",
                                                          "sampling.max_tokens=96", "grading.workers=1"])
     run_job(spec, out_dir, spec_dir=ROOT / "pipelines", progress=False)
 
