@@ -16,7 +16,7 @@ from intgen import __version__
 #: modules that provide subcommands, in the order ``--help`` lists them
 COMMANDS = ["intgen.commands.generate", "intgen.commands.plan", "intgen.commands.pipelines", "intgen.commands.inspect",
             "intgen.commands.check_server", "intgen.commands.export", "intgen.commands.merge", "intgen.commands.view", "intgen.commands.eval",
-            "intgen.commands.train"]
+            "intgen.commands.train", "intgen.commands.rounds"]
 
 
 def build_parser() -> argparse.ArgumentParser:
