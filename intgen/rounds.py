@@ -230,18 +230,12 @@ def run_rounds(job: RoundsJob, step: Callable[[list[str]], int] = run_step,
         ended_by, status = "rounds_done", 0
         try:
             for i in range(1, job.rounds + 1):
-                if round_complete(job.round_dir(i)):
-                    say(f"round {i}: complete in {job.round_dir(i)}, kept")
-                else:
-                    args = job.generate_command(i)
-                    say(f"round {i}: {describe(args)}")
-                    rc = step(args)
-                    if rc in (130, 143):
-                        raise KeyboardInterrupt
-                    if rc != 0 or not round_complete(job.round_dir(i)):
-                        ended_by, status = ("round_incomplete" if rc in (0, 3) else "generate_failed"), rc or 1
-                        _update(job, record, i, ended_by)
-                        break
+                rc = _step_unless_done(lambda: round_complete(job.round_dir(i)), job.generate_command(i),
+                                       f"round {i}", f"complete in {job.round_dir(i)}, kept", step, say)
+                if rc is not None:
+                    ended_by, status = ("round_incomplete" if rc in (0, 3) else "generate_failed"), rc or 1
+                    _update(job, record, i, ended_by)
+                    break
                 entry = _update(job, record, i, None)
                 if entry.get("hard_problems") == 0:
                     ended_by = "no_hard_problems"
@@ -251,18 +245,12 @@ def run_rounds(job: RoundsJob, step: Callable[[list[str]], int] = run_step,
                     break
                 if i == job.rounds:
                     break
-                if model_trained(job.model_dir(i)):
-                    say(f"round {i + 1}: {job.model_dir(i)} is trained, kept")
-                else:
-                    args = job.train_command(i)
-                    say(f"round {i + 1}: {describe(args)}")
-                    rc = step(args)
-                    if rc in (130, 143):
-                        raise KeyboardInterrupt
-                    if rc != 0 or not model_trained(job.model_dir(i)):
-                        ended_by, status = "train_failed", rc or 1
-                        _update(job, record, i, ended_by)
-                        break
+                rc = _step_unless_done(lambda: model_trained(job.model_dir(i)), job.train_command(i),
+                                       f"round {i + 1}", f"{job.model_dir(i)} is trained, kept", step, say)
+                if rc is not None:
+                    ended_by, status = "train_failed", rc or 1
+                    _update(job, record, i, ended_by)
+                    break
                 _update(job, record, i, None)
         except KeyboardInterrupt:
             ended_by, status = "stopped", 130
@@ -271,6 +259,24 @@ def run_rounds(job: RoundsJob, step: Callable[[list[str]], int] = run_step,
         record["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         tables.write_json(record, job.out / ROUNDS_FILE)
         return RoundsResult(ended_by, status, record)
+
+
+def _step_unless_done(done: Callable[[], bool], args: list[str], label: str, kept: str,
+                      step: Callable[[list[str]], int], say: Callable[[str], None]) -> int | None:
+    """Run ``intgen ARGS`` unless ``done()``; None when the step is done afterwards, else its
+    exit status (0 when it exited 0 but left its work undone).
+
+    Raises:
+        KeyboardInterrupt: the step was stopped by SIGINT/SIGTERM (exit 130/143).
+    """
+    if done():
+        say(f"{label}: {kept}")
+        return None
+    say(f"{label}: {describe(args)}")
+    rc = step(args)
+    if rc in (130, 143):
+        raise KeyboardInterrupt
+    return None if rc == 0 and done() else rc
 
 
 def _load_record(job: RoundsJob) -> dict[str, Any]:
