@@ -313,7 +313,7 @@ def funnel_table(record: dict[str, Any]) -> str:
              (f"{r['trained']['model_dir']} ({r['trained']['global_step']} steps)" if r.get("trained") else "-")]
             for r in record["rounds"]]
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in [head, *rows])
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head, *rows])
 
 
 def _solved(entry: dict[str, Any]) -> str:

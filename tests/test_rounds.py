@@ -151,7 +151,7 @@ def _read_manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
 
 
-def test_an_empty_hard_pool_ends_the_job_before_any_training(tmp_path):
+def test_an_empty_hard_pool_ends_the_job_before_any_training(tmp_path, capsys):
     out = tmp_path / "rounds"
     rc = main(["rounds", "rounds", "--rounds", "3", "--out", str(out), "--limit", "3", "--quiet", "backend.kind=fake"])
     assert rc == 0
@@ -159,6 +159,12 @@ def test_an_empty_hard_pool_ends_the_job_before_any_training(tmp_path):
     assert record["ended_by"] == "no_hard_problems" and record["status"] == "complete"
     assert [r["hard_problems"] for r in record["rounds"]] == [0]
     assert not (out / "model-1").exists() and not (out / "round-2").exists()
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0  # a rounds folder: the funnel across rounds
+    shown = capsys.readouterr().out.splitlines()
+    assert "complete (ended by no_hard_problems" in shown[0]
+    assert shown[1].split()[:4] == ["round", "status", "solved", "problems"]
+    assert shown[2].split()[:4] == ["1", "complete", "3/3", "3"]
 
 
 def test_a_round_that_does_not_finish_leaves_the_job_incomplete(tmp_path):

@@ -73,7 +73,32 @@ def describe_run(run_dir: Path) -> dict:
             "plan": plan, "ledger": stats.get("ledger")}
 
 
+def inspect_rounds(folder: Path, as_json: bool) -> int:
+    """A rounds folder (docs/rounds.md): its status, why it ended, the funnel across rounds."""
+    from intgen.rounds import ROUNDS_FILE, funnel_table
+
+    try:
+        record = json.loads((folder / ROUNDS_FILE).read_text())
+    except (OSError, ValueError) as e:
+        print(f"intgen inspect: {folder / ROUNDS_FILE} is unreadable ({e})", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps(record, indent=2))
+        return 0
+    ended = f"ended by {record.get('ended_by')}: {record.get('ending')}" if record.get("ending") else "running or killed"
+    print(f"{folder}: intgen rounds, {record.get('status')} ({ended}); rerun the same intgen rounds command to "
+          "resume or extend it")
+    if record.get("rounds"):
+        print(funnel_table(record))
+        print(f"each round is a run: intgen inspect {folder / record['rounds'][-1]['run_dir']}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    from intgen.rounds import ROUNDS_FILE
+
+    if (Path(args.run_dir) / ROUNDS_FILE).is_file() and not (Path(args.run_dir) / "manifest.json").exists():
+        return inspect_rounds(Path(args.run_dir), args.json)
     try:
         info = describe_run(Path(args.run_dir))
     except FileNotFoundError as e:
@@ -111,6 +136,6 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("inspect", help="show where a run stands: stage status, rows, requests, samples answered, failures, tokens")
-    p.add_argument("run_dir", help="a run directory")
+    p.add_argument("run_dir", help="a run directory (or an intgen rounds folder)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
