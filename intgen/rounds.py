@@ -54,6 +54,10 @@ FUNNEL_KEYS = ("problems", "hard_problems", "rollouts", "failed_rollouts", "cand
                "accepted", "sft_rows")
 
 
+#: the settings a rounds folder is made with; a rerun must give the same (``rounds`` may change)
+SETTINGS = ("job", "overrides", "limit", "model", "seed", "train")
+
+
 class RoundsError(RuntimeError):
     """A rounds job that cannot start or go on; the message names the folder or setting."""
 
@@ -93,6 +97,15 @@ class RoundsJob:
         """The policy fine-tuned on round ``i``'s SFT rows (round ``i + 1``'s policy)."""
         return self.out / f"model-{i}"
 
+    def partial_model_dir(self, i: int) -> Path:
+        """Where ``model-i`` is trained; renamed to :meth:`model_dir` once training finished."""
+        return self.out / f"model-{i}.partial"
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that make the folder's rounds (:data:`SETTINGS`)."""
+        return {"job": str(self.job), "overrides": list(self.overrides), "limit": self.limit, "model": self.model,
+                "seed": self.seed, "train": {"preset": self.train_preset, "overrides": list(self.train_overrides)}}
+
     def policy(self, i: int) -> str:
         """Round ``i``'s policy: the spec's model for round 1, else ``model-(i-1)``."""
         return self.model if i == 1 else str(self.model_dir(i - 1))
@@ -102,12 +115,13 @@ class RoundsJob:
         cmd = ["generate", str(self.job), "--out", str(self.round_dir(i))] + (["--quiet"] if self.quiet else [])
         if self.limit is not None:
             cmd += ["--limit", str(self.limit)]
-        return cmd + list(self.overrides) + [f"model={self.policy(i)}", f"seed={self.seed + i - 1}"]
+        # the path as a quoted YAML scalar: '#', ': ' or '{' in a folder name stay part of it
+        return cmd + list(self.overrides) + [f"model={json.dumps(self.policy(i))}", f"seed={self.seed + i - 1}"]
 
     def train_command(self, i: int) -> list[str]:
         """The ``intgen train sft`` arguments that make ``model-i`` from round ``i``'s rows."""
         cmd = ["train", "sft", "--data", str(self.round_dir(i)), "--model", self.policy(i),
-               "--out", str(self.model_dir(i))]
+               "--out", str(self.partial_model_dir(i))]
         if self.train_preset:
             cmd += ["--preset", self.train_preset]
         return cmd + list(self.train_overrides)
@@ -133,9 +147,15 @@ def round_complete(run_dir: Path) -> bool:
 
 
 def model_trained(model_dir: Path) -> bool:
-    """True when ``intgen train sft`` finished in ``model_dir`` (its record is written after
-    the weights and the tokenizer)."""
-    return (model_dir / "intgen_train.json").is_file()
+    """True when ``model_dir`` holds a finished ``intgen train sft``: a readable
+    ``intgen_train.json`` (written, atomically, after the weights and the tokenizer), a
+    ``config.json`` and safetensors weights."""
+    try:
+        record = json.loads((model_dir / "intgen_train.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(record, dict) and (model_dir / "config.json").is_file()
+            and any(model_dir.glob("*.safetensors")))
 
 
 def round_summary(job: RoundsJob, i: int) -> dict[str, Any]:
@@ -144,20 +164,24 @@ def round_summary(job: RoundsJob, i: int) -> dict[str, Any]:
     model trained on its rows when there is one.
 
     Raises:
-        OSError, ValueError: the round's stats.json is unreadable (only asked for complete rounds).
+        RoundsError: a complete round's stats.json is unreadable.
     """
     run_dir = job.round_dir(i)
     entry: dict[str, Any] = {"round": i, "policy": job.policy(i), "seed": job.seed + i - 1,
                              "run_dir": run_dir.name, "status": "complete" if round_complete(run_dir) else "incomplete"}
     if entry["status"] == "complete":
-        stats = json.loads((run_dir / "stats.json").read_text())
+        try:
+            stats = json.loads((run_dir / "stats.json").read_text())
+        except (OSError, ValueError) as e:
+            raise RoundsError(f"{run_dir / 'stats.json'} is unreadable ({e}) although the round's manifest says "
+                              f"complete; rerun intgen generate on {run_dir} (the same spec) to rewrite it") from None
         funnel = stats.get("funnel", {})
         entry.update({k: funnel[k] for k in FUNNEL_KEYS if k in funnel})
         if "pass_at_k" in stats:
             entry["pass_at_k"] = stats["pass_at_k"]
     model_dir = job.model_dir(i)
     if model_trained(model_dir):
-        record = json.loads((model_dir / "intgen_train.json").read_text())
+        record = json.loads((model_dir / "intgen_train.json").read_text())  # readable: model_trained
         entry["trained"] = {"model_dir": model_dir.name, "rows": record.get("rows"),
                             "global_step": record.get("global_step"), "preset": record.get("preset")}
     return entry
@@ -245,8 +269,7 @@ def run_rounds(job: RoundsJob, step: Callable[[list[str]], int] = run_step,
                     break
                 if i == job.rounds:
                     break
-                rc = _step_unless_done(lambda: model_trained(job.model_dir(i)), job.train_command(i),
-                                       f"round {i + 1}", f"{job.model_dir(i)} is trained, kept", step, say)
+                rc = _train(job, i, step, say)
                 if rc is not None:
                     ended_by, status = "train_failed", rc or 1
                     _update(job, record, i, ended_by)
@@ -274,30 +297,77 @@ def _step_unless_done(done: Callable[[], bool], args: list[str], label: str, kep
         return None
     say(f"{label}: {describe(args)}")
     rc = step(args)
+    if rc < 0:  # killed by a signal (the OOM killer's SIGKILL: -9): the shell's 128 + N
+        say(f"{label}: the step was killed by {signal.Signals(-rc).name}; rerun the command to resume")
+        rc = 128 - rc
     if rc in (130, 143):
         raise KeyboardInterrupt
     return None if rc == 0 and done() else rc
 
 
+def _train(job: RoundsJob, i: int, step: Callable[[list[str]], int], say: Callable[[str], None]) -> int | None:
+    """Make ``model-i`` unless it is trained: train into ``model-i.partial`` (emptied first:
+    a killed training's leftovers, such as a half-written weights file, are intgen's own),
+    then rename it. None when ``model-i`` is trained afterwards, else the step's status.
+
+    Raises:
+        RoundsError: ``model-i`` exists but holds no finished training (intgen does not
+            replace a folder it cannot tell is its own).
+        KeyboardInterrupt: the step was stopped by a signal.
+    """
+    import shutil
+
+    final, partial = job.model_dir(i), job.partial_model_dir(i)
+    if model_trained(final):
+        say(f"train {i}: {final} is trained, kept")
+        return None
+    if final.exists():
+        raise RoundsError(f"{final} exists but holds no finished training (a readable intgen_train.json, "
+                          "config.json and safetensors weights); move it away and rerun to train it again")
+    if partial.exists():
+        shutil.rmtree(partial)
+    rc = _step_unless_done(lambda: model_trained(partial), job.train_command(i), f"train {i}", "", step, say)
+    if rc is None:
+        os.replace(partial, final)
+    return rc
+
+
 def _load_record(job: RoundsJob) -> dict[str, Any]:
-    """``rounds.json`` as it was, with this invocation's settings; the round entries are
-    rebuilt from the folders (the folders are the truth)."""
-    record: dict[str, Any] = {"job": str(job.job), "overrides": job.overrides, "limit": job.limit,
-                              "rounds_requested": job.rounds, "model": job.model, "seed": job.seed,
-                              "train": {"preset": job.train_preset, "overrides": job.train_overrides},
-                              "status": "running", "ended_by": None, "rounds": []}
-    for i in range(1, job.rounds + 1):
-        if not job.round_dir(i).is_dir():
-            break
+    """``rounds.json`` for this invocation; the round entries are rebuilt from the folders
+    (the folders are the truth), every round folder there is included.
+
+    Raises:
+        RoundsError: the folder's rounds were made with other settings (:data:`SETTINGS`;
+            only ``--rounds`` may change between reruns), or its rounds.json is unreadable.
+    """
+    path = job.out / ROUNDS_FILE
+    settings = job.settings()
+    if path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise RoundsError(f"{path} is unreadable ({e}); it records how the folder's rounds were made, so "
+                              "intgen will not guess: restore it or choose another --out") from None
+        for key in SETTINGS:
+            if key in before and before[key] != settings[key]:
+                raise RoundsError(f"{job.out} was made with {key} = {json.dumps(before[key])}, this command gives "
+                                  f"{json.dumps(settings[key])}: a round made with other settings would be kept as "
+                                  "if it were this job's. Give the same settings (only --rounds may change), or "
+                                  "choose another --out")
+    record: dict[str, Any] = {**settings, "rounds_requested": job.rounds, "status": "running", "ended_by": None,
+                              "rounds": []}
+    i = 1
+    while job.round_dir(i).is_dir():
         record["rounds"].append(round_summary(job, i))
-    tables.write_json(record, job.out / ROUNDS_FILE)
+        i += 1
+    tables.write_json(record, path)
     return record
 
 
 def _update(job: RoundsJob, record: dict[str, Any], i: int, ended_by: str | None) -> dict[str, Any]:
     """Refresh round ``i``'s entry from its folders and rewrite ``rounds.json``."""
     entry = round_summary(job, i)
-    record["rounds"] = [r for r in record["rounds"] if r["round"] < i] + [entry]
+    record["rounds"] = sorted([r for r in record["rounds"] if r["round"] != i] + [entry], key=lambda r: r["round"])
     if ended_by:
         record["ended_by"] = ended_by
     tables.write_json(record, job.out / ROUNDS_FILE)

@@ -77,10 +77,11 @@ def test_two_rounds_train_once_on_smollm2_and_a_rerun_redoes_nothing(tmp_path):
     assert [_kind(c) for c in calls] == ["generate", "train", "generate"]
     assert result.ended_by == "rounds_done" and result.exit_status == 0
     assert calls[1][:8] == ["train", "sft", "--data", str(out / "round-1"), "--model", "smollm2-135m-instruct",
-                            "--out", str(out / "model-1")]
+                            "--out", str(out / "model-1.partial")]  # renamed to model-1 once trained
     assert calls[1][8:] == ["--preset", "cpu", "max_steps=1"]
-    assert calls[0][-2:] == ["model=smollm2-135m-instruct", "seed=0"]
-    assert calls[2][-2:] == [f"model={out / 'model-1'}", "seed=1"]
+    assert calls[0][-2:] == ['model="smollm2-135m-instruct"', "seed=0"]
+    assert calls[2][-2:] == [f'model="{out / "model-1"}"', "seed=1"]
+    assert not (out / "model-1.partial").exists()
 
     train = json.loads((out / "model-1" / "intgen_train.json").read_text())
     stats1 = json.loads((out / "round-1" / "stats.json").read_text())
@@ -125,7 +126,7 @@ def test_a_kill_between_rounds_resumes_without_training_again(tmp_path, tiny_mod
            "--preset", "cpu", "--train", "max_steps=1", "--quiet", *KEEP_FAILED, f"model={tiny_model}"]
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        marker = out / "model-1" / "intgen_train.json"
+        marker = out / "model-1" / "intgen_train.json"  # there once trained and renamed
         deadline = time.monotonic() + 600
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -140,7 +141,7 @@ def test_a_kill_between_rounds_resumes_without_training_again(tmp_path, tiny_mod
 
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "model-1 is trained, kept" in done.stdout and "round 2: intgen train sft" not in done.stdout
+    assert "model-1 is trained, kept" in done.stdout and "train 1: intgen train sft" not in done.stdout
     assert marker.read_bytes() == trained
     record = _read(out)
     assert record["ended_by"] == "rounds_done" and [r["status"] for r in record["rounds"]] == ["complete"] * 2
@@ -194,3 +195,75 @@ def test_bad_folder_rounds_and_training_settings_are_refused_before_any_step(tmp
     assert main(["rounds", "rounds", "--rounds", "2", "--out", str(tmp_path / "c"), "check.rr=1"]) == 2
     assert "check.rr" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_rerun_with_other_settings_or_lora_is_refused(tmp_path, capsys):
+    out = tmp_path / "rounds"
+    assert main(["rounds", "rounds", "--rounds", "3", "--out", str(out), "--limit", "2", "--quiet",
+                 "backend.kind=fake"]) == 0  # ends at once: the fake model leaves no hard problem
+    before = (out / ROUNDS_FILE).read_bytes()
+    capsys.readouterr()
+    assert main(["rounds", "rounds", "--rounds", "3", "--out", str(out), "--limit", "3", "--quiet",
+                 "backend.kind=fake"]) == 2
+    assert "limit = 2" in capsys.readouterr().err
+    assert main(["rounds", "rounds", "--rounds", "3", "--out", str(out), "--limit", "2", "--quiet",
+                 "backend.kind=fake", "rollout.k=4"]) == 2
+    assert "overrides" in capsys.readouterr().err
+    assert (out / ROUNDS_FILE).read_bytes() == before
+    assert main(["rounds", "rounds", "--rounds", "2", "--out", str(tmp_path / "l"), "--train", "lora.r=8",
+                 "backend.kind=fake"]) == 2
+    assert "LoRA is not offered" in capsys.readouterr().err
+    # --rounds alone may change: the same folder, more rounds
+    assert main(["rounds", "rounds", "--rounds", "4", "--out", str(out), "--limit", "2", "--quiet",
+                 "backend.kind=fake"]) == 0
+
+
+def test_a_killed_training_is_redone_from_scratch_and_a_foreign_model_folder_is_refused(tmp_path):
+    out = tmp_path / "rounds"
+    job = RoundsJob(job=SPEC, out=out, rounds=2, overrides=KEEP_FAILED, model="smollm2-135m-instruct", limit=4,
+                    quiet=True)
+    calls: list[list[str]] = []
+
+    def generate_only(args: list[str]) -> int:
+        calls.append(args)
+        if args[0] == "train":  # killed while saving: a half-written weights file, no record
+            partial = Path(args[args.index("--out") + 1])
+            partial.mkdir(parents=True)
+            (partial / ".tmpweights").write_bytes(b"x" * 100)
+            return -9
+        return run_step(args)
+
+    result = run_rounds(job, step=generate_only, say=lambda line: None)
+    assert (result.ended_by, result.exit_status) == ("train_failed", 137)
+    assert not (out / "model-1").exists()
+
+    def fake_train(args: list[str]) -> int:
+        calls.append(args)
+        if args[0] != "train":
+            return run_step(args)
+        partial = Path(args[args.index("--out") + 1])
+        assert not partial.exists()  # the killed training's leftovers are gone
+        partial.mkdir()
+        (partial / "config.json").write_text("{}")
+        (partial / "model.safetensors").write_bytes(b"")
+        (partial / "intgen_train.json").write_text(json.dumps({"rows": 1, "global_step": 1, "preset": "cpu"}))
+        return 0
+
+    calls.clear()
+    result = run_rounds(job, step=fake_train, say=lambda line: None)
+    assert [_kind(c) for c in calls] == ["train", "generate"] and result.ended_by == "rounds_done"
+    assert sorted(p.name for p in (out / "model-1").iterdir()) == ["config.json", "intgen_train.json",
+                                                                  "model.safetensors"]
+    # a model folder that is not a finished training is never replaced
+    other = tmp_path / "other"
+    job2 = RoundsJob(job=SPEC, out=other, rounds=1, overrides=KEEP_FAILED, model="smollm2-135m-instruct", limit=4,
+                     quiet=True)
+    assert run_rounds(job2, step=run_step, say=lambda line: None).ended_by == "rounds_done"
+    job2.rounds = 2
+    (other / "model-1").mkdir()
+    (other / "model-1" / "notes.txt").write_text("mine")
+    from intgen.rounds import RoundsError
+
+    with pytest.raises(RoundsError, match="holds no finished training"):
+        run_rounds(job2, step=run_step, say=lambda line: None)
+    assert (other / "model-1" / "notes.txt").read_text() == "mine"

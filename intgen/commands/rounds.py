@@ -40,8 +40,17 @@ def run(args: argparse.Namespace) -> int:
     except (SpecError, FileNotFoundError) as e:
         print(f"intgen rounds: {e}", file=sys.stderr)
         return 2
+    lora = [t for t in args.train if t.split("=", 1)[0].split(".", 1)[0] == "lora"]
+    if lora:
+        print(f"intgen rounds: --train {lora[0]}: LoRA is not offered, the next round's engine loads the "
+              "checkpoint as a full model (docs/rounds.md)", file=sys.stderr)
+        return 2
+    if any(c in str(args.out or "") for c in "[]*?"):
+        print(f"intgen rounds: --out {args.out}: a folder name with [ ] * or ? is read as a file pattern when "
+              "the round's rows are loaded for training; choose another name", file=sys.stderr)
+        return 2
     preset = args.preset
-    if args.rounds > 1:  # the training settings are checked before round 1's hours of generation
+    if args.rounds > 1 or args.preset or args.train:  # checked before round 1's hours of generation
         try:
             from intgen.train.configs import ConfigError, default_preset, resolve
         except ImportError as e:
@@ -54,18 +63,24 @@ def run(args: argparse.Namespace) -> int:
         try:
             resolve("sft", preset, list(args.train))
         except ConfigError as e:
-            print(f"intgen rounds: --train: {e}", file=sys.stderr)
+            print(f"intgen rounds: training settings (--preset, --train): {e}", file=sys.stderr)
             return 2
-    out = Path(args.out) if args.out else Path("runs") / f"{spec.name}-rounds"
+    # absolute: each round's spec names the previous checkpoint by path, and a resume from another
+    # folder (or with --out spelled differently) must name the same one
+    out = (Path(args.out) if args.out else Path("runs") / f"{spec.name}-rounds").expanduser().resolve()
     rounds = RoundsJob(job=job.resolve(), out=out, rounds=args.rounds, overrides=overrides, seed=spec.seed,
                        model=spec.model, train_preset=preset, train_overrides=list(args.train), limit=args.limit,
                        quiet=args.quiet)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         result = run_rounds(rounds)
-    except (RoundsError, RunDirError, FileExistsError) as e:
+    except (RoundsError, RunDirError, FileExistsError, NotADirectoryError) as e:
         print(f"intgen rounds: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"intgen rounds: {type(e).__name__}: {e}; fix the cause, then rerun: {_command(args, out)}",
+              file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
     record = result.record
@@ -78,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     elif record["rounds"] and record["rounds"][-1].get("sft_rows"):
         last = record["rounds"][-1]
         print(f"the last round's SFT rows train the next policy with: intgen train sft --data "
-              f"{out / last['run_dir']} --model {shlex.quote(last['policy'])}" + (f" --preset {preset}" if preset else ""))
+              f"{shlex.quote(str(out / last['run_dir']))} --model {shlex.quote(last['policy'])}" + (f" --preset {preset}" if preset else "")
+              + "".join(f" {shlex.quote(t)}" for t in args.train))
     return result.exit_status
 
 

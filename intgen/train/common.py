@@ -4,6 +4,7 @@ training run (``intgen_train.json`` in the output folder; docs/training.md, "The
 from __future__ import annotations
 
 import json
+import os
 import logging
 import sys
 from dataclasses import dataclass
@@ -116,7 +117,11 @@ def write_record(out: Path, record: dict[str, Any]) -> Path:
     """Write ``intgen_train.json`` (what was trained, on what, with which settings)."""
     path = Path(out) / RECORD_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    # atomically (a temporary file renamed over it): a run killed mid-write leaves no truncated record,
+    # which `intgen rounds` would otherwise read as a finished model
+    tmp = path.with_name(f".{RECORD_NAME}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
     return path
 
 
